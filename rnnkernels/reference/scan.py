@@ -1,0 +1,214 @@
+"""Reference backend: the recurrences as plain PyTorch loops, one step at a time.
+
+This is the oracle every kernel is tested against, written independently of the kernels' shared
+gate math (``csrc/include/rnnkernels/cell_math.h``, ``rnnkernels/triton/cell.py``) so that it can
+catch a mistake they share. It follows the backend contract in ``docs/BACKENDS.md``: time order,
+per-sequence lengths with a frozen state after the end, reverse within each sequence's own length.
+
+Half inputs are computed in float32 (state and accumulation), cast on store; float32 and float64
+are computed in their own precision. The backward is the hand-written reverse scan (not autograd
+through the loop), so gradient checks of the op test the backward formulas themselves.
+"""
+from __future__ import annotations
+
+import torch
+
+NAME = "reference"
+
+
+def supports(device_type: str, dtype: torch.dtype, **sizes) -> str | None:
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return f"reference backend does not support dtype {dtype}"
+    return None
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+class _Schedule:
+    """Time index and activity of every sequence at every step (see docs/BACKENDS.md)."""
+
+    def __init__(self, T: int, B: int, lengths: torch.Tensor | None, reverse: bool, device):
+        steps = torch.arange(T, device=device)
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.long, device=device)
+        lengths = lengths.to(device=device, dtype=torch.long)
+        self.active = steps[:, None] < lengths[None, :]  # [T, B]
+        if reverse:
+            time = lengths[None, :] - 1 - steps[:, None]
+        else:
+            time = steps[:, None].expand(T, B)
+        self.time = time.clamp(0, max(T - 1, 0))  # [T, B], valid where active
+        self.batch = torch.arange(B, device=device)
+
+    def gather(self, seq: torch.Tensor, s: int) -> torch.Tensor:
+        """Rows of a time-ordered [T, B, ...] tensor at step s."""
+        return seq[self.time[s], self.batch]
+
+    def scatter(self, seq: torch.Tensor, s: int, value: torch.Tensor) -> None:
+        mask = self.active[s]
+        seq[self.time[s][mask], self.batch[mask]] = value[mask].to(seq.dtype)
+
+    def keep(self, s: int, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.active[s][:, None], new, old)
+
+
+def _empty(ref: torch.Tensor, dtype) -> torch.Tensor:
+    return ref.new_empty((0,), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------- LSTM
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
+    T, B, G = xp.shape
+    H = G // 4
+    acc = _acc(xp.dtype)
+    sched = _Schedule(T, B, lengths, reverse, xp.device)
+    W = w_hh.to(acc)
+    Wr = None if w_hr is None else w_hr.to(acc)
+    h, c = h0.to(acc), c0.to(acc)
+    out = xp.new_zeros((T, B, h0.shape[1]))
+    gates_ws = xp.new_zeros((T, B, G), dtype=acc) if save else _empty(xp, acc)
+    cs_ws = xp.new_zeros((T, B, H), dtype=acc) if save else _empty(xp, acc)
+    for s in range(T):
+        g = sched.gather(xp, s).to(acc) + h @ W.t()
+        i = torch.sigmoid(g[:, 0 * H:1 * H])
+        f = torch.sigmoid(g[:, 1 * H:2 * H])
+        u = torch.tanh(g[:, 2 * H:3 * H])
+        o = torch.sigmoid(g[:, 3 * H:4 * H])
+        c_new = f * c + i * u
+        h_new = o * torch.tanh(c_new)
+        if Wr is not None:
+            h_new = h_new @ Wr.t()
+        h, c = sched.keep(s, h_new, h), sched.keep(s, c_new, c)
+        sched.scatter(out, s, h_new)
+        if save:
+            sched.scatter(gates_ws, s, torch.cat([i, f, u, o], dim=1))
+            sched.scatter(cs_ws, s, c_new)
+    return out, h.to(xp.dtype), c.to(xp.dtype), gates_ws, cs_ws
+
+
+def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out, gates, cs):
+    T, B, G = gates.shape
+    H = G // 4
+    dt = h0.dtype
+    acc = gates.dtype
+    sched = _Schedule(T, B, lengths, reverse, h0.device)
+    W = w_hh.to(acc)
+    Wr = None if w_hr is None else w_hr.to(acc)
+    dh, dc = grad_hn.to(acc), grad_cn.to(acc)
+    dxp = torch.zeros((T, B, G), dtype=dt, device=h0.device)
+    dh_all = torch.zeros((T, B, h0.shape[1]), dtype=acc, device=h0.device) if Wr is not None \
+        else _empty(h0, acc)
+    for s in range(T - 1, -1, -1):
+        act = sched.active[s][:, None]
+        gts = sched.gather(gates, s)
+        i, f, u, o = gts[:, :H], gts[:, H:2 * H], gts[:, 2 * H:3 * H], gts[:, 3 * H:]
+        c_t = sched.gather(cs, s)
+        if s > 0:
+            c_prev = sched.gather(cs, s - 1)
+        else:
+            c_prev = c0.to(acc)
+        dh_t = dh + sched.gather(grad_out, s).to(acc)
+        if Wr is not None:
+            sched.scatter(dh_all, s, dh_t)
+            dhh = dh_t @ Wr
+        else:
+            dhh = dh_t
+        tc = torch.tanh(c_t)
+        dc_t = dc + dhh * o * (1 - tc * tc)
+        di = dc_t * u * i * (1 - i)
+        df = dc_t * c_prev * f * (1 - f)
+        du = dc_t * i * (1 - u * u)
+        do = dhh * tc * o * (1 - o)
+        dg = torch.cat([di, df, du, do], dim=1)
+        sched.scatter(dxp, s, dg)
+        dh = torch.where(act, dg @ W, dh)
+        dc = torch.where(act, dc_t * f, dc)
+    return dxp, dh.to(dt), dc.to(dt), dh_all
+
+
+# ------------------------------------------------------------------------------------------ GRU
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
+    T, B, G = xp.shape
+    H = G // 3
+    acc = _acc(xp.dtype)
+    sched = _Schedule(T, B, lengths, reverse, xp.device)
+    W = w_hh.to(acc)
+    bn = None if b_hn is None else b_hn.to(acc)
+    h = h0.to(acc)
+    out = xp.new_zeros((T, B, H))
+    gates_ws = xp.new_zeros((T, B, G), dtype=acc) if save else _empty(xp, acc)
+    hn_ws = xp.new_zeros((T, B, H), dtype=acc) if save else _empty(xp, acc)
+    for s in range(T):
+        a = sched.gather(xp, s).to(acc)
+        b = h @ W.t()
+        r = torch.sigmoid(a[:, :H] + b[:, :H])
+        z = torch.sigmoid(a[:, H:2 * H] + b[:, H:2 * H])
+        bh_n = b[:, 2 * H:] if bn is None else b[:, 2 * H:] + bn
+        n = torch.tanh(a[:, 2 * H:] + r * bh_n)
+        h_new = (1 - z) * n + z * h
+        h = sched.keep(s, h_new, h)
+        sched.scatter(out, s, h_new)
+        if save:
+            sched.scatter(gates_ws, s, torch.cat([r, z, n], dim=1))
+            sched.scatter(hn_ws, s, bh_n)
+    return out, h.to(xp.dtype), gates_ws, hn_ws
+
+
+def gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin):
+    T, B, G = gates.shape
+    H = G // 3
+    dt = h0.dtype
+    acc = gates.dtype
+    sched = _Schedule(T, B, lengths, reverse, h0.device)
+    W = w_hh.to(acc)
+    dh = grad_hn.to(acc)
+    dxp = torch.zeros((T, B, G), dtype=dt, device=h0.device)
+    for s in range(T - 1, -1, -1):
+        act = sched.active[s][:, None]
+        gts = sched.gather(gates, s)
+        r, z, n = gts[:, :H], gts[:, H:2 * H], gts[:, 2 * H:]
+        h_prev = sched.gather(out, s - 1).to(acc) if s > 0 else h0.to(acc)
+        dh_t = dh + sched.gather(grad_out, s).to(acc)
+        dn = dh_t * (1 - z) * (1 - n * n)           # d(a_n + r*bh_n)
+        dz = dh_t * (h_prev - n) * z * (1 - z)
+        dr = dn * sched.gather(hn_lin, s) * r * (1 - r)
+        sched.scatter(dxp, s, torch.cat([dr, dz, dn], dim=1))
+        dgh = torch.cat([dr, dz, dn * r], dim=1)
+        dh = torch.where(act, dgh @ W + dh_t * z, dh)
+    return dxp, dh.to(dt)
+
+
+# ------------------------------------------------------------------------------------------ RNN
+def rnn_forward(xp, h0, w_hh, lengths, reverse, relu, save=True):
+    T, B, H = xp.shape
+    acc = _acc(xp.dtype)
+    sched = _Schedule(T, B, lengths, reverse, xp.device)
+    W = w_hh.to(acc)
+    h = h0.to(acc)
+    out = xp.new_zeros((T, B, H))
+    for s in range(T):
+        pre = sched.gather(xp, s).to(acc) + h @ W.t()
+        h_new = torch.relu(pre) if relu else torch.tanh(pre)
+        h = sched.keep(s, h_new, h)
+        sched.scatter(out, s, h_new)
+    return out, h.to(xp.dtype)
+
+
+def rnn_backward(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
+    T, B, H = out.shape
+    dt = h0.dtype
+    acc = _acc(dt)
+    sched = _Schedule(T, B, lengths, reverse, h0.device)
+    W = w_hh.to(acc)
+    dh = grad_hn.to(acc)
+    dxp = torch.zeros((T, B, H), dtype=dt, device=h0.device)
+    for s in range(T - 1, -1, -1):
+        act = sched.active[s][:, None]
+        h_t = sched.gather(out, s).to(acc)
+        dh_t = dh + sched.gather(grad_out, s).to(acc)
+        dpre = dh_t * (h_t > 0).to(acc) if relu else dh_t * (1 - h_t * h_t)
+        sched.scatter(dxp, s, dpre)
+        dh = torch.where(act, dpre @ W, dh)
+    return dxp, dh.to(dt)
