@@ -1,0 +1,16 @@
+"""rnnkernels: fused LSTM / GRU / Elman-RNN kernels for PyTorch behind drop-in torch.nn modules.
+
+    >>> import rnnkernels
+    >>> lstm = rnnkernels.LSTM(32, 64, num_layers=2)      # same arguments as torch.nn.LSTM
+    >>> model = rnnkernels.convert(model)                  # or swap them in an existing model
+
+Backends: "triton" (GPU), "cuda" and "cpu" (the compiled extension ``rnnkernels._C``) and
+"reference" (plain PyTorch, the test oracle); ``backend="auto"`` picks the fastest that can run.
+"""
+from . import functional, ops
+from .backends import available_backends
+from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert
+
+__version__ = "0.1.0"
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert",
+           "available_backends", "functional", "ops", "__version__"]

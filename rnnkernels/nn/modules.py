@@ -1,0 +1,232 @@
+"""Drop-in replacements for torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell and RNNCell.
+
+Each class subclasses its torch.nn twin, so parameters, their names, shapes and initialisation,
+``state_dict``, ``repr``, ``isinstance`` checks and torch's own argument checks are inherited
+unchanged. Only the computation differs: it goes through ``rnnkernels.functional`` and the custom
+ops, on the backend named by the extra keyword ``backend`` ("auto", "triton", "cuda", "cpu",
+"reference"; env ``RNNKERNELS_BACKEND`` overrides "auto").
+
+Example::
+
+    >>> lstm = rnnkernels.LSTM(10, 20, num_layers=2, batch_first=True)
+    >>> out, (h, c) = lstm(torch.randn(3, 5, 10))      # [B, T, I] → [B, T, H]
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+from .. import backends
+from .. import functional as RF
+
+
+class _BackendMixin:
+    """The ``backend`` keyword: validated at construction, shown in repr when not "auto"."""
+
+    def _set_backend(self, backend: str) -> None:
+        self.backend = backends.check_name(backend)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", "auto")
+
+
+class _RNNBaseMixin(_BackendMixin):
+    """forward() for the three layer types, mirroring torch.nn's handling of every input form."""
+
+    def _run(self, input, hx, batch_sizes):  # pragma: no cover - defined by each class
+        raise NotImplementedError
+
+    def _zeros(self, batch: int, size: int, ref: Tensor) -> Tensor:
+        dirs = 2 if self.bidirectional else 1
+        return torch.zeros(self.num_layers * dirs, batch, size, dtype=ref.dtype, device=ref.device)
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        is_lstm = self.mode == "LSTM"
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        batch_sizes = sorted_indices = unsorted_indices = None
+        is_batched = True
+        if packed:
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            batch = int(batch_sizes[0])
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, "
+                                 f"got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(0 if self.batch_first else 1)
+            batch = input.size(0) if self.batch_first else input.size(1)
+
+        if hx is None:
+            hx = self._zeros(batch, out_size, input)
+            if is_lstm:
+                hx = (hx, self._zeros(batch, self.hidden_size, input))
+        else:
+            if is_lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors, got "
+                                f"{type(hx).__name__}")
+            if not is_lstm and not isinstance(hx, Tensor):
+                raise TypeError(f"{type(self).__name__}: hx must be a Tensor, got "
+                                f"{type(hx).__name__}")
+            states = tuple(hx) if is_lstm else (hx,)
+            if not packed:
+                want = 3 if is_batched else 2
+                if any(h.dim() != want for h in states):
+                    dims = ", ".join(f"{h.dim()}-D" for h in states)
+                    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                    raise RuntimeError(f"For {kind} input, hx{' and cx' if is_lstm else ''} "
+                                       f"should also be {want}-D but got ({dims}) tensors")
+                if not is_batched:
+                    states = tuple(h.unsqueeze(1) for h in states)
+            hx = states if is_lstm else states[0]
+        # torch's own checks: input dims/size/dtype, hidden shapes (same types and messages).
+        self.check_forward_args(input, hx, batch_sizes)
+        hx = self.permute_hidden(hx, sorted_indices)
+
+        output, hidden = self._run(input, hx, batch_sizes)
+        if packed:
+            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+    def _args(self, batch_sizes):
+        return dict(batch_sizes=batch_sizes, backend=self.backend)
+
+
+class LSTM(_RNNBaseMixin, torch.nn.LSTM):
+    """``torch.nn.LSTM`` with fused kernels; same constructor plus ``backend="auto"``."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def _run(self, input, hx, batch_sizes):
+        out, h, c = RF.lstm(input, hx, self._flat_weights, self.bias, self.num_layers,
+                            float(self.dropout), self.training, self.bidirectional,
+                            self.batch_first, **self._args(batch_sizes))
+        return out, (h, c)
+
+
+class GRU(_RNNBaseMixin, torch.nn.GRU):
+    """``torch.nn.GRU`` with fused kernels; same constructor plus ``backend="auto"``."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def _run(self, input, hx, batch_sizes):
+        return RF.gru(input, hx, self._flat_weights, self.bias, self.num_layers,
+                      float(self.dropout), self.training, self.bidirectional, self.batch_first,
+                      **self._args(batch_sizes))
+
+
+class RNN(_RNNBaseMixin, torch.nn.RNN):
+    """``torch.nn.RNN`` (tanh or relu) with fused kernels; same constructor plus ``backend``."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def _run(self, input, hx, batch_sizes):
+        fn = RF.rnn_tanh if self.nonlinearity == "tanh" else RF.rnn_relu
+        return fn(input, hx, self._flat_weights, self.bias, self.num_layers,
+                  float(self.dropout), self.training, self.bidirectional, self.batch_first,
+                  **self._args(batch_sizes))
+
+
+# ---------------------------------------------------------------------------------- the cells
+class _CellMixin(_BackendMixin):
+    def _prepare(self, input: Tensor, hx, n_states: int):
+        name = type(self).__name__
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        states = None
+        if hx is not None:
+            states = tuple(hx) if n_states == 2 else (hx,)
+            if n_states == 2 and len(states) != 2:
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of two tensors")
+            for i, h in enumerate(states):
+                if h.dim() not in (1, 2):
+                    label = f"hx[{i}]" if n_states == 2 else "hidden"
+                    raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got "
+                                     f"{h.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if states is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                device=input.device)
+            states = (zeros,) * n_states
+        elif not is_batched:
+            states = tuple(h.unsqueeze(0) for h in states)
+        # The checks torch's cell kernels make, with their exception type (RuntimeError).
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
+                               f"expected {self.input_size}")
+        for i, h in enumerate(states):
+            if h.dim() != 2 or h.size(0) != input.size(0):
+                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} "
+                                   f"batch size {h.size(0) if h.dim() else 1}")
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, "
+                                   f"expected {self.hidden_size}")
+        return input, states, is_batched
+
+
+class LSTMCell(_CellMixin, torch.nn.LSTMCell):
+    """``torch.nn.LSTMCell`` with fused kernels; same constructor plus ``backend="auto"``."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def forward(self, input: Tensor, hx=None):
+        input, (h, c), is_batched = self._prepare(input, hx, 2)
+        h, c = RF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
+                            self.bias_hh, backend=self.backend)
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(_CellMixin, torch.nn.GRUCell):
+    """``torch.nn.GRUCell`` with fused kernels; same constructor plus ``backend="auto"``."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        input, (h,), is_batched = self._prepare(input, hx, 1)
+        h = RF.gru_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                        backend=self.backend)
+        return h if is_batched else h.squeeze(0)
+
+
+class RNNCell(_CellMixin, torch.nn.RNNCell):
+    """``torch.nn.RNNCell`` (tanh or relu) with fused kernels; same constructor plus ``backend``."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        input, (h,), is_batched = self._prepare(input, hx, 1)
+        if self.nonlinearity == "tanh":
+            fn = RF.rnn_tanh_cell
+        elif self.nonlinearity == "relu":
+            fn = RF.rnn_relu_cell
+        else:
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        h = fn(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+               backend=self.backend)
+        return h if is_batched else h.squeeze(0)

@@ -1,0 +1,66 @@
+"""Shared glue of the scan ops: what every cell's op does the same way, once.
+
+The backends compute only the sequential part of the backward (dxp, dh0, dc0). The weight
+gradients are ONE GEMM over all steps here, for every backend alike:
+``dW_hh = Σ_t dgh_tᵀ · h_{t-1}``, where ``h_{t-1}`` is ``out`` shifted by one step in processing
+order (h0 at each sequence's first step). No per-step accumulation, so no atomics and results are
+reproducible run to run.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def workspace_like(xp: Tensor, shape, save: bool) -> Tensor:
+    """Fake/meta allocation of a workspace: ``shape`` in the accumulation dtype, empty if unsaved."""
+    return xp.new_empty(shape if save else (0,), dtype=acc_dtype(xp.dtype))
+
+
+def active_mask(T: int, lengths: Tensor | None, ref: Tensor) -> Tensor | None:
+    """[T, B, 1] bool, True where time index t < L_b (None when every step is active)."""
+    if lengths is None:
+        return None
+    t = torch.arange(T, device=ref.device)
+    return (t[:, None] < lengths.to(ref.device)[None, :]).unsqueeze(-1)
+
+
+def previous_states(out: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+    """h_{t-1} of every step, in time order: ``out`` shifted one step in processing order.
+
+    Forward: h_prev[t] = out[t-1], h0 at t = 0. Reverse: h_prev[t] = out[t+1], and h0 at each
+    sequence's first processed step t = L_b - 1. (Beyond a sequence's end the value does not
+    matter: its gradient rows there are zero.)
+    """
+    h0 = h0.to(out.dtype).unsqueeze(0)
+    if not reverse:
+        return torch.cat([h0, out[:-1]], dim=0)
+    if lengths is None:
+        return torch.cat([out[1:], h0], dim=0)
+    shifted = torch.cat([out[1:], torch.zeros_like(h0)], dim=0)
+    t = torch.arange(out.shape[0], device=out.device)
+    first = (t[:, None] == (lengths.to(out.device) - 1)[None, :]).unsqueeze(-1)
+    return torch.where(first, h0, shifted)
+
+
+def sum_over_steps(grad_rows: Tensor, inputs: Tensor, dtype: torch.dtype) -> Tensor:
+    """Σ_t grad_rows[t]ᵀ · inputs[t] as one GEMM: [T,B,N] × [T,B,K] → [N, K] in ``dtype``."""
+    n, k = grad_rows.shape[-1], inputs.shape[-1]
+    common = torch.promote_types(grad_rows.dtype, inputs.dtype)
+    g = grad_rows.reshape(-1, n).to(common)
+    x = inputs.reshape(-1, k).to(common)
+    return (g.t() @ x).to(dtype)
+
+
+def dense(grad: Tensor | None, like: Tensor) -> Tensor:
+    """Autograd hands None (or an undefined grad) for outputs the loss does not use."""
+    return torch.zeros_like(like) if grad is None else grad.contiguous()
+
+
+def call_backend(backend: str, fn: str, *args):
+    from .. import backends
+    return getattr(backends.get(backend), fn)(*args)

@@ -1,0 +1,81 @@
+"""``torch.ops.rnnkernels.lstm_scan``: the LSTM recurrence (optionally with projection).
+
+Forward (per step, torch's gate order i, f, g, o; see docs/BACKENDS.md):
+    gates = xp_t + h_{t-1}·W_hhᵀ;  c_t = σ(f)⊙c_{t-1} + σ(i)⊙tanh(g);  h_t = σ(o)⊙tanh(c_t) [·W_hrᵀ]
+Backward: the backend's reverse scan gives dxp (= d gates), dh0, dc0 and, with a projection, the
+total gradient dh of every projected output; this op adds dW_hh = Σ dxpᵀ·h_{t-1} and
+dW_hr = Σ dhᵀ·(σ(o)⊙tanh(c_t)) as one GEMM each.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _common as C
+
+
+@torch.library.custom_op("rnnkernels::lstm_scan", mutates_args=())
+def lstm_scan(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None,
+              lengths: Tensor | None, reverse: bool, save: bool, backend: str
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """xp [T,B,4H], h0 [B,P], c0 [B,H], w_hh [4H,P], w_hr [P,H]|None, lengths [B]|None →
+    out [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H] and cs [T,B,H] (workspaces for backward)."""
+    return tuple(C.call_backend(backend, "lstm_forward", xp, h0, c0, w_hh, w_hr, lengths,
+                                reverse, save))
+
+
+@lstm_scan.register_fake
+def _(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, backend):
+    T, B, G = xp.shape
+    P = h0.shape[1]
+    return (xp.new_empty((T, B, P)), xp.new_empty((B, P)), xp.new_empty((B, G // 4)),
+            C.workspace_like(xp, (T, B, G), save), C.workspace_like(xp, (T, B, G // 4), save))
+
+
+@torch.library.custom_op("rnnkernels::lstm_scan_backward", mutates_args=())
+def lstm_scan_backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, h0: Tensor, c0: Tensor,
+                       w_hh: Tensor, w_hr: Tensor | None, lengths: Tensor | None, reverse: bool,
+                       backend: str, out: Tensor, gates: Tensor, cs: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The reverse scan: dxp [T,B,4H], dh0 [B,P], dc0 [B,H], dh [T,B,P] (empty without w_hr)."""
+    return tuple(C.call_backend(backend, "lstm_backward", grad_out, grad_hn, grad_cn, h0, c0,
+                                w_hh, w_hr, lengths, reverse, out, gates, cs))
+
+
+@lstm_scan_backward.register_fake
+def _(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, backend, out, gates, cs):
+    T, B, G = gates.shape
+    dh = gates.new_empty((T, B, h0.shape[1]) if w_hr is not None else (0,))
+    return (h0.new_empty((T, B, G)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), dh)
+
+
+def _setup_context(ctx, inputs, output):
+    xp, h0, c0, w_hh, w_hr, lengths, reverse, save, backend = inputs
+    out, _, _, gates, cs = output
+    ctx.unsaved = not save
+    ctx.reverse, ctx.backend = reverse, backend
+    ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, out, gates, cs)
+
+
+def _backward(ctx, grad_out, grad_hn, grad_cn, _g_gates, _g_cs):
+    if ctx.unsaved:
+        raise RuntimeError("rnnkernels.lstm_scan was run with save=False (inference); "
+                           "it cannot be differentiated")
+    h0, c0, w_hh, w_hr, lengths, out, gates, cs = ctx.saved_tensors
+    grad_out, grad_hn, grad_cn = C.dense(grad_out, out), C.dense(grad_hn, h0), C.dense(grad_cn, c0)
+    dxp, dh0, dc0, dh = lstm_scan_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr,
+                                           lengths, ctx.reverse, ctx.backend, out, gates, cs)
+    h_prev = C.previous_states(out, h0, lengths, ctx.reverse)
+    dw_hh = C.sum_over_steps(dxp, h_prev, w_hh.dtype) if ctx.needs_input_grad[3] else None
+    dw_hr = None
+    if w_hr is not None and ctx.needs_input_grad[4]:
+        H = cs.shape[-1]
+        hidden = gates[..., 3 * H:] * torch.tanh(cs)     # o ⊙ tanh(c_t), before the projection
+        active = C.active_mask(out.shape[0], lengths, out)
+        if active is not None:                           # workspaces are unspecified past the end
+            hidden = torch.where(active, hidden, 0.0)
+        dw_hr = C.sum_over_steps(dh, hidden, w_hr.dtype)
+    return dxp, dh0, dc0, dw_hh, dw_hr, None, None, None, None
+
+
+lstm_scan.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,58 @@
+"""``torch.ops.rnnkernels.rnn_scan``: the Elman recurrence h_t = act(xp_t + h_{t-1}·W_hhᵀ).
+
+act is tanh or relu. Backward: dpre_t = dh_t ⊙ act'(h_t) with act' = 1 - h² (tanh) or [h > 0]
+(relu), read from the saved outputs; dh_{t-1} = dpre_t·W_hh; dW_hh = Σ dpreᵀ·h_{t-1} here.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _common as C
+
+
+@torch.library.custom_op("rnnkernels::rnn_scan", mutates_args=())
+def rnn_scan(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool,
+             relu: bool, save: bool, backend: str) -> tuple[Tensor, Tensor]:
+    """xp [T,B,H], h0 [B,H], w_hh [H,H], lengths [B]|None → out [T,B,H], h_n [B,H]."""
+    return tuple(C.call_backend(backend, "rnn_forward", xp, h0, w_hh, lengths, reverse, relu,
+                                save))
+
+
+@rnn_scan.register_fake
+def _(xp, h0, w_hh, lengths, reverse, relu, save, backend):
+    return xp.new_empty(xp.shape), xp.new_empty(h0.shape)
+
+
+@torch.library.custom_op("rnnkernels::rnn_scan_backward", mutates_args=())
+def rnn_scan_backward(grad_out: Tensor, grad_hn: Tensor, h0: Tensor, w_hh: Tensor,
+                      lengths: Tensor | None, reverse: bool, relu: bool, backend: str,
+                      out: Tensor) -> tuple[Tensor, Tensor]:
+    """The reverse scan: dxp [T,B,H], dh0 [B,H]."""
+    return tuple(C.call_backend(backend, "rnn_backward", grad_out, grad_hn, h0, w_hh, lengths,
+                                reverse, relu, out))
+
+
+@rnn_scan_backward.register_fake
+def _(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, backend, out):
+    return h0.new_empty(out.shape), h0.new_empty(h0.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    xp, h0, w_hh, lengths, reverse, relu, save, backend = inputs
+    ctx.reverse, ctx.relu, ctx.backend = reverse, relu, backend
+    ctx.save_for_backward(h0, w_hh, lengths, output[0])
+
+
+def _backward(ctx, grad_out, grad_hn):
+    h0, w_hh, lengths, out = ctx.saved_tensors
+    grad_out, grad_hn = C.dense(grad_out, out), C.dense(grad_hn, h0)
+    dxp, dh0 = rnn_scan_backward(grad_out, grad_hn, h0, w_hh, lengths, ctx.reverse, ctx.relu,
+                                 ctx.backend, out)
+    dw_hh = None
+    if ctx.needs_input_grad[2]:
+        dw_hh = C.sum_over_steps(dxp, C.previous_states(out, h0, lengths, ctx.reverse), w_hh.dtype)
+    return dxp, dh0, dw_hh, None, None, None, None, None
+
+
+rnn_scan.register_autograd(_backward, setup_context=_setup_context)
