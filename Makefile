@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine (each sets up what it needs first):
+#   make bench   - the main job: benchmark + validation table on whatever device is present
+#   make test    - the test suite (what CI runs through .ci/run)
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+# Without a GPU take the CPU build that lies on this machine's disk; an unpinned torch would pull
+# several GB of CUDA wheels. With a GPU, any torch >= 2.4 (the package's own requirement).
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH   ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
+EXT_SRC := $(shell find csrc python -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
+PYTEST_ARGS ?=
+BENCH_ARGS  ?= $(if $(HAS_GPU),,--quick)
+
+.PHONY: venv test bench validate ctest clean
+
+venv: $(VENV)/.ext
+
+$(VENV)/.deps: requirements-dev.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(TORCH)"
+	$(VPY) -m pip install -q -r requirements-dev.txt "$(TORCH)"
+	touch $@
+
+# The package in editable mode; rebuilds the C++/CUDA extension when its sources change.
+$(VENV)/.ext: $(VENV)/.deps setup.py $(EXT_SRC)
+	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(VPY) -c "import rnnkernels, rnnkernels.ext as e; print('rnnkernels', rnnkernels.__version__, '| extension:', 'built' if e.AVAILABLE else 'NOT available: ' + str(e.ERROR))"
+	touch $@
+
+test: venv
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(VPY) -m bench.run $(BENCH_ARGS)
+
+validate: venv
+	$(VPY) -m bench.run --validate
+
+ctest:
+	bash .ci/compile_cuda.sh
+
+clean:
+	rm -rf build *.egg-info rnnkernels/*.so .pytest_cache
