@@ -88,6 +88,15 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+@torch._dynamo.assume_constant_result
+def _resolve(backend: str, device_type: str, dtype: torch.dtype, H: int, I: int, P: int) -> str:
+    """The backend for a call. Under torch.compile it runs once at trace time and its answer is a
+    constant of the graph (it imports modules, reads the environment and may warn). It sees only
+    sizes fixed by the parameters, so a dynamic T or B never retraces it; a backend handles any
+    T and B itself (choosing among its own variants)."""
+    return backends.resolve(backend, device_type, dtype, H=H, I=I, P=P)
+
+
 # ------------------------------------------------------------------------------ one direction
 def _direction(kind: str, x: Tensor, h0: Tensor, c0: Tensor | None, p: list[Tensor],
                has_biases: bool, reverse: bool, lengths: Tensor | None, backend: str,
@@ -147,10 +156,8 @@ def _stack(kind: str, name: str, input: Tensor, hx: list[Tensor], params: list[T
         x = input.transpose(0, 1) if batch_first else input
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    T, B = x.shape[0], x.shape[1]
     H = params[1].shape[0] // _GATES[kind]
-    chosen = backends.resolve(backend, x.device.type, x.dtype, T=T, B=B, H=H,
-                              I=params[0].shape[1], P=hx[0].shape[-1])
+    chosen = _resolve(backend, x.device.type, x.dtype, H, params[0].shape[1], params[1].shape[1])
 
     h_n, c_n = [], []
     layer_in = x

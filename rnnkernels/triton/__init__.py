@@ -1,0 +1,139 @@
+"""Triton backend: the LSTM / GRU / RNN recurrences as fused Triton kernels.
+
+Implements the backend contract of ``docs/BACKENDS.md`` (the six functions below have exactly the
+signatures, return tuples, dtypes and time/length/reverse semantics of
+``rnnkernels/reference/scan.py``). Only the sequential part runs here: the op layer
+(``rnnkernels/ops``) does the input projection and the weight-gradient GEMMs.
+
+* GPU: fp32 (``tl.dot`` with ``input_precision="ieee"``: matches cuDNN/ATen with TF32 off),
+  fp16 and bf16 (tensor cores, fp32 state and accumulation). float64 is not supported.
+* CPU: only under ``TRITON_INTERPRET=1`` (set before triton is first imported); this is for
+  tests, it is slow, and ``auto`` never picks it.
+* Strategy (one launch per step, or one persistent launch for the whole sequence): chosen by a
+  size heuristic, or forced with ``RNNKERNELS_TRITON_STRATEGY`` / :func:`strategy`; see
+  ``plan.py``. Kernels: ``lstm.py``, ``gru.py``, ``rnn.py``; shared gate math in ``cell.py``.
+
+Importing this package never fails when triton is missing: :func:`supports` then gives the
+reason and the six functions raise ``RuntimeError``.
+
+    >>> import rnnkernels.triton as tb
+    >>> with tb.strategy("persistent"):
+    ...     out, h_n, c_n, gates, cs = tb.lstm_forward(xp, h0, c0, w_hh, None, None, False, True)
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+NAME = "triton"
+
+try:
+    import triton  # noqa: F401
+
+    from . import gru as _gru
+    from . import lstm as _lstm
+    from . import plan as _plan
+    from . import rnn as _rnn
+    from .plan import strategy, tuning
+    _IMPORT_ERROR: str | None = None
+except Exception as exc:  # ImportError, or a triton too old for the kernels' syntax
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+    _plan = None
+
+    def strategy(name: str):  # noqa: D103 - same API without triton, so callers need no guard
+        raise RuntimeError(f"rnnkernels triton backend unavailable: {_IMPORT_ERROR}")
+
+    def tuning(**blocks):  # noqa: D103
+        raise RuntimeError(f"rnnkernels triton backend unavailable: {_IMPORT_ERROR}")
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+__all__ = ["NAME", "supports", "strategy", "tuning", "lstm_forward", "lstm_backward",
+           "gru_forward", "gru_backward", "rnn_forward", "rnn_backward"]
+
+
+def supports(device_type: str, dtype: torch.dtype, **sizes) -> str | None:
+    """None if this backend can run the case, else the reason (see ``docs/BACKENDS.md``).
+
+    ``sizes`` (T, B, H, I, P, ...) are accepted for the contract; every size the other backends
+    take runs here too (int64 indexing; a variant whose limits a size breaks is never chosen).
+    """
+    if _IMPORT_ERROR is not None:
+        return f"triton is not importable ({_IMPORT_ERROR})"
+    if dtype not in _DTYPES:
+        return f"triton backend supports float32, float16 and bfloat16, not {dtype}"
+    if device_type == "cuda":
+        if _plan.INTERPRET:
+            return None  # the interpreter copies CUDA tensors to the host and back
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+        if torch.cuda.get_device_capability() < (7, 0):
+            return "triton needs a GPU of compute capability 7.0 or newer"
+        return None
+    if device_type == "cpu":
+        if not _plan.INTERPRET:
+            if os.environ.get("TRITON_INTERPRET", "0") == "1":
+                return ("TRITON_INTERPRET=1 was set after rnnkernels.triton was imported; set it "
+                        "before the first import of triton")
+            return ("triton kernels run on the CPU only under the interpreter (set "
+                    "TRITON_INTERPRET=1 before importing triton; slow, meant for tests)")
+        return None
+    return f"triton backend does not run on device type {device_type!r}"
+
+
+def _check(name: str, ref: torch.Tensor, *tensors) -> None:
+    reason = supports(ref.device.type, ref.dtype)
+    if reason is not None:
+        raise RuntimeError(f"rnnkernels triton backend cannot run {name}: {reason}")
+    for t in tensors:
+        if t is not None and t.numel() and (not t.is_contiguous() or t.device != ref.device):
+            raise RuntimeError(f"rnnkernels triton backend {name}: every tensor must be "
+                               f"contiguous and on {ref.device}")
+
+
+def _lengths(lengths, ref):
+    if lengths is None:
+        return None
+    if lengths.dtype != torch.int64 or lengths.device != ref.device:
+        lengths = lengths.to(device=ref.device, dtype=torch.int64)
+    return lengths.contiguous()
+
+
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
+    """-> out [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H] acc, cs [T,B,H] acc."""
+    _check("lstm_forward", xp, h0, c0, w_hh, w_hr)
+    return _lstm.forward(xp, h0, c0, w_hh, w_hr, _lengths(lengths, xp), reverse, save)
+
+
+def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out, gates,
+                  cs):
+    """-> dxp [T,B,4H] dt, dh0 [B,P] dt, dc0 [B,H] dt, dh [T,B,P] acc (empty without w_hr)."""
+    _check("lstm_backward", h0, grad_out, grad_hn, grad_cn, c0, w_hh, w_hr, gates, cs)
+    return _lstm.backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr,
+                          _lengths(lengths, h0), reverse, out, gates, cs)
+
+
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
+    """-> out [T,B,H], h_n [B,H], gates [T,B,3H] acc, hn_lin [T,B,H] acc."""
+    _check("gru_forward", xp, h0, w_hh, b_hn)
+    return _gru.forward(xp, h0, w_hh, b_hn, _lengths(lengths, xp), reverse, save)
+
+
+def gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin):
+    """-> dxp [T,B,3H] dt, dh0 [B,H] dt."""
+    _check("gru_backward", h0, grad_out, grad_hn, w_hh, b_hn, out, gates, hn_lin)
+    return _gru.backward(grad_out, grad_hn, h0, w_hh, b_hn, _lengths(lengths, h0), reverse,
+                         out, gates, hn_lin)
+
+
+def rnn_forward(xp, h0, w_hh, lengths, reverse, relu, save=True):
+    """-> out [T,B,H], h_n [B,H]."""
+    _check("rnn_forward", xp, h0, w_hh)
+    return _rnn.forward(xp, h0, w_hh, _lengths(lengths, xp), reverse, relu)
+
+
+def rnn_backward(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
+    """-> dxp [T,B,H] dt, dh0 [B,H] dt."""
+    _check("rnn_backward", h0, grad_out, grad_hn, w_hh, out)
+    return _rnn.backward(grad_out, grad_hn, h0, w_hh, _lengths(lengths, h0), reverse, relu, out)
