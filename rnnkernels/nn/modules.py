@@ -27,6 +27,15 @@ from .. import functional as RF
 torch._dynamo.config.allow_rnn = True
 
 
+class HiddenStateError(TypeError, RuntimeError, IndexError, AttributeError):
+    """A malformed ``hx`` (wrong container, wrong number of states).
+
+    torch.nn reports these through whatever its code trips over first (TypeError, RuntimeError,
+    IndexError or AttributeError, depending on the case); this error says what is wrong and is an
+    instance of each of those types, so code written against torch.nn catches it the same way.
+    """
+
+
 class _BackendMixin:
     """The ``backend`` keyword: validated at construction, shown in repr when not "auto"."""
 
@@ -40,6 +49,14 @@ class _BackendMixin:
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+
+
+def _describe(hx) -> str:
+    if isinstance(hx, Tensor):
+        return f"a Tensor of shape {tuple(hx.shape)}"
+    if isinstance(hx, (tuple, list)):
+        return f"a {type(hx).__name__} of {len(hx)} element(s)"
+    return type(hx).__name__
 
 
 class _RNNBaseMixin(_BackendMixin):
@@ -64,8 +81,9 @@ class _RNNBaseMixin(_BackendMixin):
             batch = int(batch_sizes[0])
         else:
             if input.dim() not in (2, 3):
+                tensor = " tensor" if self.mode.startswith("RNN_") else ""   # torch's wording
                 raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, "
-                                 f"got {input.dim()}D instead")
+                                 f"got {input.dim()}D{tensor} instead")
             is_batched = input.dim() == 3
             if not is_batched:
                 input = input.unsqueeze(0 if self.batch_first else 1)
@@ -76,20 +94,24 @@ class _RNNBaseMixin(_BackendMixin):
             if is_lstm:
                 hx = (hx, self._zeros(batch, self.hidden_size, input))
         else:
-            if is_lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors, got "
-                                f"{type(hx).__name__}")
+            name = type(self).__name__
+            if is_lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2
+                                and all(isinstance(h, Tensor) for h in hx)):
+                raise HiddenStateError(f"{name}: hx must be a tuple (h_0, c_0) of two tensors "
+                                       f"(lstm expects two hidden states), got {_describe(hx)}")
             if not is_lstm and not isinstance(hx, Tensor):
-                raise TypeError(f"{type(self).__name__}: hx must be a Tensor, got "
-                                f"{type(hx).__name__}")
+                raise HiddenStateError(f"{name}: hx must be a Tensor, got {_describe(hx)}")
             states = tuple(hx) if is_lstm else (hx,)
             if not packed:
                 want = 3 if is_batched else 2
                 if any(h.dim() != want for h in states):
-                    dims = ", ".join(f"{h.dim()}-D" for h in states)
                     kind = "batched 3-D" if is_batched else "unbatched 2-D"
-                    raise RuntimeError(f"For {kind} input, hx{' and cx' if is_lstm else ''} "
-                                       f"should also be {want}-D but got ({dims}) tensors")
+                    if is_lstm:
+                        raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D "
+                                           f"but got ({states[0].dim()}-D, {states[1].dim()}-D) "
+                                           "tensors")
+                    raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got "
+                                       f"{states[0].dim()}-D tensor")
                 if not is_batched:
                     states = tuple(h.unsqueeze(1) for h in states)
             hx = states if is_lstm else states[0]
@@ -159,9 +181,14 @@ class _CellMixin(_BackendMixin):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         states = None
         if hx is not None:
+            if n_states == 2 and not (isinstance(hx, (tuple, list)) and len(hx) == 2
+                                      and all(isinstance(h, Tensor) for h in hx)):
+                raise HiddenStateError(f"{name}: hx must be a tuple (h_0, c_0) of two tensors "
+                                       f"(lstm_cell expects two hidden states), got "
+                                       f"{_describe(hx)}")
+            if n_states == 1 and not isinstance(hx, Tensor):
+                raise HiddenStateError(f"{name}: hx must be a Tensor, got {_describe(hx)}")
             states = tuple(hx) if n_states == 2 else (hx,)
-            if n_states == 2 and len(states) != 2:
-                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of two tensors")
             for i, h in enumerate(states):
                 if h.dim() not in (1, 2):
                     label = f"hx[{i}]" if n_states == 2 else "hidden"
@@ -181,12 +208,15 @@ class _CellMixin(_BackendMixin):
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
                                f"expected {self.input_size}")
         for i, h in enumerate(states):
-            if h.dim() != 2 or h.size(0) != input.size(0):
+            if h.size(0) != input.size(0):
                 raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} "
-                                   f"batch size {h.size(0) if h.dim() else 1}")
+                                   f"batch size {h.size(0)}")
             if h.size(1) != self.hidden_size:
                 raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, "
                                    f"expected {self.hidden_size}")
+            if h.dim() != 2:   # a 2-D hx with 1-D input became 3-D above, as in torch
+                raise RuntimeError(f"{name}: for 1-D input hx[{i}] must be 1-D, got "
+                                   f"{h.dim() - 1}-D")
         return input, states, is_batched
 
 

@@ -1,0 +1,470 @@
+"""Shared utilities of the module-level tests: rnnkernels modules against torch.nn on the CPU.
+
+torch.nn on the CPU is the oracle. A test builds a torch.nn module and its rnnkernels twin with
+identical weights (``make_twins``), feeds both the same inputs (``make_inputs``), takes a loss that
+touches the outputs AND the final states with fixed random weights (so that a wrong gradient of
+any of them cannot cancel out), and compares everything (``compare_runs``): outputs, final states,
+and the gradients of the input, h0, c0 and every parameter.
+
+Backends are the ones ``rnnkernels.available_backends("cpu", dtype)`` reports, narrowed by the env
+variable ``RNNKERNELS_TEST_BACKENDS`` (comma separated, e.g. ``reference,cpu``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnkernels
+
+ALL_BACKENDS = ("reference", "cpu", "triton", "cuda")
+
+# Tolerances of the brief: fp32 <= 1e-5 relative, fp64 ~1e-10. The absolute part is scaled by the
+# magnitude of the expected tensor (see assert_close) so that a sum over T*B terms (weight grads)
+# is judged relative to its size, not to 1.
+TOLERANCES = {
+    torch.float32: (1e-5, 1e-6),
+    torch.float64: (1e-10, 1e-11),
+}
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.float64: "fp64",
+               torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+# ------------------------------------------------------------------------------------ backends
+def requested_test_backends() -> list[str] | None:
+    """The names in ``RNNKERNELS_TEST_BACKENDS`` (None when unset or empty)."""
+    raw = os.environ.get("RNNKERNELS_TEST_BACKENDS", "").strip()
+    if not raw:
+        return None
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_BACKENDS]
+    if unknown:
+        raise ValueError(f"RNNKERNELS_TEST_BACKENDS names unknown backends {unknown}; "
+                         f"known: {ALL_BACKENDS}")
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def _available_on_cpu(dtype: torch.dtype) -> tuple[str, ...]:
+    return tuple(rnnkernels.available_backends("cpu", dtype))
+
+
+def cpu_backends(dtype: torch.dtype = torch.float32) -> list[str]:
+    """Backends that can run on CPU tensors of ``dtype`` here, narrowed by the env variable."""
+    names = list(_available_on_cpu(dtype))
+    wanted = requested_test_backends()
+    if wanted is not None:
+        names = [n for n in names if n in wanted]
+    return names
+
+
+def backend_params(dtype: torch.dtype = torch.float32, triton: bool = False) -> list:
+    """pytest params of the CPU backends for one case. Triton (the interpreter on the CPU, slow)
+    is included only when ``triton`` is True, marked ``triton_subset``."""
+    params = []
+    for name in cpu_backends(dtype):
+        if name == "triton":
+            if triton:
+                params.append(pytest.param(name, id=name, marks=pytest.mark.triton_subset))
+        else:
+            params.append(pytest.param(name, id=name))
+    return params
+
+
+def case_backend_params(cases, triton_ids=frozenset()) -> list:
+    """Cross a list of cases (objects with ``.id`` and ``.dtype``) with the CPU backends that can
+    run their dtype, as pytest params ``(case, backend)`` with ids ``<case.id>-<backend>``."""
+    out = []
+    for case in cases:
+        for p in backend_params(case.dtype, triton=case.id in triton_ids):
+            (backend,) = p.values
+            out.append(pytest.param(case, backend, id=f"{case.id}-{backend}", marks=p.marks))
+    return out
+
+
+# ------------------------------------------------------------------------------------- modules
+# "mode" names: the layer class plus, for the Elman RNN, its nonlinearity.
+MODES = {
+    "LSTM": ("LSTM", {}),
+    "GRU": ("GRU", {}),
+    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
+    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
+    "LSTMCell": ("LSTMCell", {}),
+    "GRUCell": ("GRUCell", {}),
+    "RNNCell_TANH": ("RNNCell", {"nonlinearity": "tanh"}),
+    "RNNCell_RELU": ("RNNCell", {"nonlinearity": "relu"}),
+}
+
+
+def torch_class(mode: str):
+    return getattr(nn, MODES[mode][0])
+
+
+def our_class(mode: str):
+    return getattr(rnnkernels, MODES[mode][0])
+
+
+def is_lstm(mode: str) -> bool:
+    return mode.startswith("LSTM")
+
+
+def copy_parameters(src: nn.Module, dst: nn.Module) -> None:
+    """Copy every parameter of ``src`` into ``dst`` (same names in the same order required)."""
+    src_params = list(src.named_parameters())
+    dst_params = list(dst.named_parameters())
+    assert [n for n, _ in src_params] == [n for n, _ in dst_params], \
+        "parameter names/order differ from torch.nn"
+    with torch.no_grad():
+        for (_, s), (_, d) in zip(src_params, dst_params):
+            assert s.shape == d.shape
+            d.copy_(s)
+
+
+def make_twins(mode: str, backend: str, dtype: torch.dtype = torch.float32, seed: int = 0,
+               **ctor) -> tuple[nn.Module, nn.Module]:
+    """A torch.nn module (seeded default init) and its rnnkernels twin with identical weights."""
+    cls_kwargs = dict(MODES[mode][1])
+    cls_kwargs.update(ctor)
+    torch.manual_seed(seed)
+    ref = torch_class(mode)(**cls_kwargs).to(dtype)
+    ours = our_class(mode)(**cls_kwargs, backend=backend).to(dtype)
+    copy_parameters(ref, ours)
+    return ref, ours
+
+
+# --------------------------------------------------------------------------------------- cases
+# Size profiles of the layer cases: (T, B, I, H, proj_size when the case has a projection).
+SIZES = {
+    "S": (5, 3, 7, 6, 3),
+    "H1": (4, 3, 2, 1, 0),      # H=1: no projection possible (proj_size < hidden_size)
+    "H33": (3, 2, 5, 33, 4),
+    "T1": (1, 4, 3, 5, 2),
+    "T7": (7, 4, 4, 3, 2),
+    "B1": (6, 1, 3, 4, 2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCase:
+    """One LSTM/GRU/RNN configuration (see ``parse_spec`` for the compact text form)."""
+    mode: str
+    T: int
+    B: int
+    I: int
+    H: int
+    layers: int = 1
+    bidir: bool = False
+    batch_first: bool = False
+    bias: bool = True
+    proj: int = 0
+    packed: str = ""            # "", "sorted" or "unsorted" (enforce_sorted=False)
+    unbatched: bool = False
+    h0: bool = False
+    dtype: torch.dtype = torch.float32
+    dropout: float = 0.0
+    lengths: tuple[int, ...] | None = None  # explicit lengths for packed cases
+
+    @property
+    def id(self) -> str:
+        parts = [self.mode, f"T{self.T}"]
+        if not self.unbatched:
+            parts.append(f"B{self.B}")
+        parts += [f"I{self.I}", f"H{self.H}", f"L{self.layers}"]
+        if self.bidir:
+            parts.append("bidir")
+        if self.batch_first:
+            parts.append("bf")
+        if not self.bias:
+            parts.append("nobias")
+        if self.proj:
+            parts.append(f"proj{self.proj}")
+        if self.packed:
+            parts.append(f"packed{self.packed}")
+        if self.lengths is not None:
+            parts.append("len" + "_".join(map(str, self.lengths)))
+        if self.unbatched:
+            parts.append("unbatched")
+        if self.h0:
+            parts.append("h0")
+        if self.dropout:
+            parts.append(f"drop{self.dropout:g}")
+        parts.append(DTYPE_NAMES[self.dtype])
+        return "-".join(parts)
+
+    @property
+    def dirs(self) -> int:
+        return 2 if self.bidir else 1
+
+    @property
+    def out_size(self) -> int:
+        return self.proj if self.proj else self.H
+
+    def ctor(self) -> dict[str, Any]:
+        kw = dict(input_size=self.I, hidden_size=self.H, num_layers=self.layers, bias=self.bias,
+                  batch_first=self.batch_first, bidirectional=self.bidir, dropout=self.dropout)
+        if self.proj:
+            kw["proj_size"] = self.proj
+        return kw
+
+    def seq_lengths(self) -> list[int]:
+        """Per-sequence lengths of a packed case: include T and 1 (when B >= 2); unsorted cases
+        are not in descending order, so enforce_sorted=False has something to permute."""
+        if self.lengths is not None:
+            assert len(self.lengths) == self.B
+            return list(self.lengths)
+        T, B = self.T, self.B
+        if B == 1:
+            return [T]
+        mids = [max(1, min(T, (T * (k + 1)) // (B - 1) - k)) for k in range(B - 2)]
+        lengths = sorted([T, 1] + mids, reverse=True)
+        if self.packed == "unsorted":
+            # odd positions first: not monotonic for B >= 3, ascending for B == 2
+            lengths = lengths[1::2] + lengths[0::2]
+        return lengths
+
+
+def parse_spec(spec: str) -> LayerCase:
+    """Parse ``"LSTM L2 bidir bf nobias proj unsorted unbatched h0 H33 fp32"`` into a LayerCase.
+
+    Tokens: mode, ``L<n>`` layers, flags (bidir, bf, nobias, proj, sorted|unsorted, unbatched,
+    h0), a size profile name of ``SIZES`` and a dtype (fp32|fp64)."""
+    tokens = spec.split()
+    mode = tokens[0]
+    assert mode in MODES and "Cell" not in mode, spec
+    kw: dict[str, Any] = {}
+    size = None
+    for tok in tokens[1:]:
+        if tok.startswith("L") and tok[1:].isdigit():
+            kw["layers"] = int(tok[1:])
+        elif tok == "bidir":
+            kw["bidir"] = True
+        elif tok == "bf":
+            kw["batch_first"] = True
+        elif tok == "nobias":
+            kw["bias"] = False
+        elif tok == "proj":
+            kw["proj"] = True
+        elif tok in ("sorted", "unsorted"):
+            kw["packed"] = tok
+        elif tok == "unbatched":
+            kw["unbatched"] = True
+        elif tok == "h0":
+            kw["h0"] = True
+        elif tok in SIZES:
+            size = tok
+        elif tok in ("fp32", "fp64"):
+            kw["dtype"] = torch.float32 if tok == "fp32" else torch.float64
+        else:
+            raise ValueError(f"bad token {tok!r} in case spec {spec!r}")
+    assert size is not None, spec
+    T, B, I, H, P = SIZES[size]
+    if kw.pop("proj", False):
+        assert mode == "LSTM" and P > 0, spec
+        kw["proj"] = P
+    return LayerCase(mode, T, B, I, H, **kw)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(shape, dtype, seed: int) -> torch.Tensor:
+    """Deterministic normal values, drawn in float64 and cast, so fp32 and fp64 cases see the
+    same numbers (and the global RNG, which dropout uses, is not consumed)."""
+    return torch.randn(tuple(shape), generator=_gen(seed), dtype=torch.float64).to(dtype)
+
+
+@dataclasses.dataclass
+class LayerInputs:
+    x: torch.Tensor                     # padded input, [T,B,I] / [B,T,I] / [T,I]
+    h0: torch.Tensor | None
+    c0: torch.Tensor | None
+    lengths: list[int] | None
+
+
+def make_inputs(case: LayerCase, seed: int = 1) -> LayerInputs:
+    T, B, I = case.T, case.B, case.I
+    if case.unbatched:
+        xshape = (T, I)
+    else:
+        xshape = (B, T, I) if case.batch_first else (T, B, I)
+    x = randn(xshape, case.dtype, seed)
+    h0 = c0 = None
+    if case.h0:
+        nb = () if case.unbatched else (B,)
+        h0 = randn((case.layers * case.dirs, *nb, case.out_size), case.dtype, seed + 1)
+        if is_lstm(case.mode):
+            c0 = randn((case.layers * case.dirs, *nb, case.H), case.dtype, seed + 2)
+    lengths = case.seq_lengths() if case.packed else None
+    return LayerInputs(x, h0, c0, lengths)
+
+
+@dataclasses.dataclass
+class Run:
+    """What one forward + backward produced."""
+    out: Any                            # Tensor or PackedSequence
+    states: dict[str, torch.Tensor]     # "h_n", "c_n"
+    grads: dict[str, torch.Tensor | None]  # "input", "h0", "c0", parameter names
+
+
+def _loss_term(t: torch.Tensor, seed: int) -> torch.Tensor:
+    # A random weighting (not a plain sum): each element's gradient is distinct, so a swapped,
+    # mirrored or dropped element of any tensor changes the loss gradient.
+    return (t * randn(t.shape, t.dtype, seed)).sum()
+
+
+def loss_of(out, states: dict[str, torch.Tensor]) -> torch.Tensor:
+    data = out.data if isinstance(out, PackedSequence) else out
+    loss = _loss_term(data, 101)
+    for k, (name, s) in enumerate(sorted(states.items())):
+        loss = loss + _loss_term(s, 202 + k)
+    return loss
+
+
+def run_layer(module: nn.Module, case: LayerCase, inputs: LayerInputs, grad: bool = True) -> Run:
+    """Forward (and backward of ``loss_of``) through an LSTM/GRU/RNN module."""
+    x = inputs.x.clone().requires_grad_(grad)
+    h0 = None if inputs.h0 is None else inputs.h0.clone().requires_grad_(grad)
+    c0 = None if inputs.c0 is None else inputs.c0.clone().requires_grad_(grad)
+    feed = x
+    if case.packed:
+        feed = pack_padded_sequence(x, torch.tensor(inputs.lengths), batch_first=case.batch_first,
+                                    enforce_sorted=case.packed == "sorted")
+    if h0 is None:
+        out, state = module(feed)
+    elif is_lstm(case.mode):
+        out, state = module(feed, (h0, c0))
+    else:
+        out, state = module(feed, h0)
+    states = {"h_n": state[0], "c_n": state[1]} if is_lstm(case.mode) else {"h_n": state}
+    grads: dict[str, torch.Tensor | None] = {}
+    if grad:
+        leaves = {"input": x}
+        if h0 is not None:
+            leaves["h0"] = h0
+        if c0 is not None:
+            leaves["c0"] = c0
+        leaves.update(dict(module.named_parameters()))
+        got = torch.autograd.grad(loss_of(out, states), list(leaves.values()), allow_unused=True)
+        grads = dict(zip(leaves.keys(), got))
+    return Run(out, states, grads)
+
+
+def run_cell(module: nn.Module, mode: str, x: torch.Tensor, h0, c0, grad: bool = True) -> Run:
+    """Forward (and backward of ``loss_of``) through a cell; ``h0``/``c0`` None means no hx."""
+    x = x.clone().requires_grad_(grad)
+    h0 = None if h0 is None else h0.clone().requires_grad_(grad)
+    c0 = None if c0 is None else c0.clone().requires_grad_(grad)
+    if is_lstm(mode):
+        h, c = module(x) if h0 is None else module(x, (h0, c0))
+        states = {"h_n": h, "c_n": c}
+    else:
+        states = {"h_n": module(x) if h0 is None else module(x, h0)}
+    grads: dict[str, torch.Tensor | None] = {}
+    if grad:
+        leaves = {"input": x}
+        if h0 is not None:
+            leaves["h0"] = h0
+        if c0 is not None:
+            leaves["c0"] = c0
+        leaves.update(dict(module.named_parameters()))
+        loss = sum(_loss_term(s, 303 + k) for k, (_, s) in enumerate(sorted(states.items())))
+        got = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        grads = dict(zip(leaves.keys(), got))
+    return Run(None, states, grads)
+
+
+# ---------------------------------------------------------------------------------- comparison
+def assert_finite(t: torch.Tensor, what: str) -> None:
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        idx = bad.nonzero()[0].tolist()
+        raise AssertionError(f"{what}: {int(bad.sum())} non-finite value(s) (NaN/inf), first at "
+                             f"index {idx}")
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Same shape/dtype/device, no NaN/inf where torch has none, and within the dtype's
+    tolerance: |a - e| <= atol * max(1, max|e|) + rtol * |e|."""
+    assert isinstance(actual, torch.Tensor), f"{what}: got {type(actual).__name__}, not a Tensor"
+    assert actual.shape == expected.shape, \
+        f"{what}: shape {tuple(actual.shape)} != torch's {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, \
+        f"{what}: dtype {actual.dtype} != torch's {expected.dtype}"
+    assert actual.device == expected.device, f"{what}: device {actual.device} != {expected.device}"
+    if torch.isfinite(expected).all():
+        assert_finite(actual, what)
+    rtol, atol = TOLERANCES[expected.dtype]
+    scale = max(1.0, float(expected.detach().abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale,
+                               msg=lambda m: f"{what}: {m}")
+
+
+def assert_same_packed(actual, expected: PackedSequence, what: str) -> None:
+    assert isinstance(actual, PackedSequence), \
+        f"{what}: got {type(actual).__name__}, torch returns a PackedSequence"
+    assert torch.equal(actual.batch_sizes, expected.batch_sizes), f"{what}.batch_sizes differ"
+    for field in ("sorted_indices", "unsorted_indices"):
+        a, e = getattr(actual, field), getattr(expected, field)
+        assert (a is None) == (e is None), f"{what}.{field}: {a} vs torch's {e}"
+        if e is not None:
+            assert torch.equal(a, e), f"{what}.{field}: {a} vs torch's {e}"
+    assert_close(actual.data, expected.data, f"{what}.data")
+
+
+def compare_runs(ours: Run, ref: Run, label: str = "") -> None:
+    """Every output, final state and gradient of ``ours`` against torch's ``ref``."""
+    pre = f"{label}: " if label else ""
+    if isinstance(ref.out, PackedSequence):
+        assert_same_packed(ours.out, ref.out, pre + "output")
+    elif ref.out is not None:
+        assert_close(ours.out, ref.out, pre + "output")
+    assert ours.states.keys() == ref.states.keys()
+    for name in ref.states:
+        assert_close(ours.states[name], ref.states[name], pre + name)
+    assert ours.grads.keys() == ref.grads.keys(), \
+        f"{pre}gradient keys {sorted(ours.grads)} != torch's {sorted(ref.grads)}"
+    for name, g in ref.grads.items():
+        mine = ours.grads[name]
+        if g is None:
+            assert mine is None or not mine.any(), f"{pre}grad of {name}: torch has none"
+            continue
+        assert mine is not None, f"{pre}grad of {name} is None (not connected to the loss)"
+        assert_close(mine, g, f"{pre}grad of {name}")
+
+
+def assert_same_error(call_torch, call_ours, exact: bool = True, keywords=()) -> BaseException:
+    """Both calls raise; same exception type; the message equals torch's when ``exact`` (torch
+    validates this case on purpose and the drop-in promise includes its message), else it must
+    contain every keyword (torch's message is incidental there, e.g. from a GEMM). Returns ours."""
+    try:
+        call_torch()
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises is the expectation
+        expected = exc
+    else:
+        raise AssertionError("torch.nn did not raise: the test's bad input is not bad")
+    with pytest.raises(Exception) as info:
+        call_ours()
+    got = info.value
+    # Where torch validates on purpose (exact), the type must be the very same. Elsewhere torch's
+    # type is an accident of its code (IndexError, AttributeError ... for a malformed hx); ours
+    # may then be a clearer error that is still an instance of torch's type, so that any
+    # `except` written against torch.nn keeps working.
+    same_type = type(got) is type(expected) if exact else isinstance(got, type(expected))
+    assert same_type, \
+        (f"rnnkernels raised {type(got).__name__}({got}); torch.nn raises "
+         f"{type(expected).__name__}({expected})")
+    msg = str(got)
+    if exact:
+        assert msg == str(expected), f"message {msg!r} != torch's {str(expected)!r}"
+    for kw in keywords:
+        assert kw.lower() in msg.lower(), f"message {msg!r} does not mention {kw!r}"
+    assert msg.strip(), "empty error message"
+    return got
