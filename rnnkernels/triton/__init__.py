@@ -92,6 +92,12 @@ def _check(name: str, ref: torch.Tensor, *tensors) -> None:
                                f"contiguous and on {ref.device}")
 
 
+def _need_workspaces(name: str, *ws) -> None:
+    if any(w is None or w.numel() == 0 for w in ws):
+        raise RuntimeError(f"rnnkernels triton backend {name}: needs the workspaces of a forward "
+                           f"run with save=True (got empty ones)")
+
+
 def _lengths(lengths, ref):
     if lengths is None:
         return None
@@ -110,6 +116,7 @@ def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, rever
                   cs):
     """-> dxp [T,B,4H] dt, dh0 [B,P] dt, dc0 [B,H] dt, dh [T,B,P] acc (empty without w_hr)."""
     _check("lstm_backward", h0, grad_out, grad_hn, grad_cn, c0, w_hh, w_hr, gates, cs)
+    _need_workspaces("lstm_backward", gates, cs)
     return _lstm.backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr,
                           _lengths(lengths, h0), reverse, out, gates, cs)
 
@@ -123,6 +130,7 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
 def gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin):
     """-> dxp [T,B,3H] dt, dh0 [B,H] dt."""
     _check("gru_backward", h0, grad_out, grad_hn, w_hh, b_hn, out, gates, hn_lin)
+    _need_workspaces("gru_backward", gates, hn_lin)
     return _gru.backward(grad_out, grad_hn, h0, w_hh, b_hn, _lengths(lengths, h0), reverse,
                          out, gates, hn_lin)
 

@@ -18,7 +18,8 @@ Backward, from the *activated* values the forward saved (σ' = σ(1-σ), tanh' =
 * LSTM: dc = dc₊ + dhh⊙o⊙(1-tanh²c); di = dc⊙u⊙i(1-i); df = dc⊙c₋⊙f(1-f);
   du = dc⊙i⊙(1-u²); do = dhh⊙tanh(c)⊙o(1-o); dc₋ (local part) = dc⊙f
 * GRU:  dn = dh⊙(1-z)⊙(1-n²) (gradient of a_n + r⊙b_n); dz = dh⊙(h₋-n)⊙z(1-z);
-  dr = dn⊙b_n⊙r(1-r); the recurrent GEMM sees dn⊙r for the n block; dh₋ (local part) = dh⊙z
+  dr = dn⊙b_n⊙r(1-r); the recurrent GEMM sees dn⊙r for the n block;
+  dh₋ (local part) = dh⊙z
 * RNN:  dpre = dh⊙(1-h²) (tanh) or dh⊙[h>0] (relu)
 
 ``mma`` is the one place that decides how a recurrent tile product is computed (see its
@@ -29,6 +30,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from . import plan as _plan
 
 
 @triton.jit
@@ -127,3 +130,8 @@ def rnn_cell_bwd(dh, h, RELU: tl.constexpr):
         return tl.where(h > 0.0, dh, 0.0)
     else:
         return dh * (1.0 - h * h)
+
+
+_plan.interpreter_direct_calls(globals(), ["sigmoid", "tanh", "mma", "lstm_cell_fwd",
+                                           "lstm_cell_bwd", "gru_cell_fwd", "gru_cell_bwd",
+                                           "rnn_cell_fwd", "rnn_cell_bwd"])

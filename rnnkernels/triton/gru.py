@@ -33,8 +33,8 @@ import triton.language as tl
 
 from . import plan as _plan
 from .cell import gru_cell_bwd, gru_cell_fwd, mma
-from .tiles import (load_tile, load_w, phase_sync, prev_time, recurrent_carry, step_schedule,
-                    store_tile)
+from .tiles import (load_tile, load_w, phase_sync, previous_state, recurrent_carry,
+                    step_schedule, store_tile)
 
 
 @triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
@@ -53,8 +53,7 @@ def _gru_fwd_kernel(
     if HAS_LEN:
         L = tl.minimum(tl.load(len_ptr + rows, mask=rmask, other=0).to(tl.int64), T)
     else:
-        L = tl.zeros([BB], dtype=tl.int64) + T
-    sync_ptr = sync_ptr + pid_b
+        L = tl.full([BB], 0, tl.int64) + T
     for it in range(0, n_steps):
         s = s_first + it
         active, t = step_schedule(s, L, rmask, REVERSE)
@@ -64,13 +63,13 @@ def _gru_fwd_kernel(
         h_nxt = h_ptr + (1 - cur) * B * H
         g_row = (t * B + rows64) * (3 * H)
         o_row = (t * B + rows64) * H
-        for j in range(pid_h, tl.cdiv(H, BH), nprog):
+        for j in range(pid_h, (H + BH - 1) // BH, nprog):
             cols = j * BH + tl.arange(0, BH)
             cmask = cols < H
             n_i = cols.to(tl.int64)
-            acc_r = tl.zeros([BB, BH], dtype=tl.float32)
-            acc_z = tl.zeros([BB, BH], dtype=tl.float32)
-            acc_n = tl.zeros([BB, BH], dtype=tl.float32)
+            acc_r = tl.full([BB, BH], 0.0, tl.float32)
+            acc_z = tl.full([BB, BH], 0.0, tl.float32)
+            acc_n = tl.full([BB, BH], 0.0, tl.float32)
             for k0 in range(0, H, BK):
                 ks = k0 + tl.arange(0, BK)
                 kmask = ks < H
@@ -93,7 +92,7 @@ def _gru_fwd_kernel(
                 store_tile(gates_ptr, g_row + H, active, cols, cmask, z)
                 store_tile(gates_ptr, g_row + 2 * H, active, cols, cmask, n)
                 store_tile(hnl_ptr, o_row, active, cols, cmask, acc_n)
-        phase_sync(sync_ptr, it, nprog, SYNC)
+        phase_sync(sync_ptr, it, SYNC)
 
 
 @triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
@@ -112,8 +111,7 @@ def _gru_bwd_kernel(
     if HAS_LEN:
         L = tl.minimum(tl.load(len_ptr + rows, mask=rmask, other=0).to(tl.int64), T)
     else:
-        L = tl.zeros([BB], dtype=tl.int64) + T
-    sync_ptr = sync_ptr + pid_b
+        L = tl.full([BB], 0, tl.int64) + T
     for it in range(0, n_steps):
         s = s_first - it                       # T-1 .. 0, then -1: the pass that forms dh0
         active, t = step_schedule(s, L, rmask, REVERSE)
@@ -128,11 +126,11 @@ def _gru_bwd_kernel(
         g_row = (t * B + rows64) * (3 * H)
         o_row = (t * B + rows64) * H
         dg_row = rows64 * (3 * H)
-        for j in range(pid_h, tl.cdiv(H, BH), nprog):
+        for j in range(pid_h, (H + BH - 1) // BH, nprog):
             cols = j * BH + tl.arange(0, BH)
             cmask = cols < H
             # The local part was written by this same program for the same tile last step.
-            local = load_tile(loc_next, rows64 * H, rmask, cols, cmask)
+            local = load_tile(loc_next, rows64 * H, act_next, cols, cmask)
             carry = recurrent_carry(dg_next, w_hh_ptr, ghn_ptr, local, act_next, rmask, rows64,
                                     cols, cmask, 3 * H, H, DOT_F32, BB, BH, BK)
             if s >= 0:
@@ -141,11 +139,8 @@ def _gru_bwd_kernel(
                 z = load_tile(gates_ptr, g_row + H, active, cols, cmask)
                 n = load_tile(gates_ptr, g_row + 2 * H, active, cols, cmask)
                 b_n = load_tile(hnl_ptr, o_row, active, cols, cmask)
-                tp = prev_time(t, REVERSE)
-                h_prev = tl.where(s > 0,
-                                  load_tile(out_ptr, (tp * B + rows64) * H, active & (s > 0),
-                                            cols, cmask),
-                                  load_tile(h0_ptr, rows64 * H, active & (s == 0), cols, cmask))
+                h_prev = previous_state(out_ptr, h0_ptr, s, t, active, rows64, B, H, cols, cmask,
+                                        REVERSE)
                 d_r, d_z, d_n, d_nr, loc = gru_cell_bwd(dh_t, r, z, n, b_n, h_prev)
                 store_tile(dxp_ptr, g_row, rmask, cols, cmask, tl.where(act2, d_r, 0.0))
                 store_tile(dxp_ptr, g_row + H, rmask, cols, cmask, tl.where(act2, d_z, 0.0))
@@ -156,7 +151,7 @@ def _gru_bwd_kernel(
                 store_tile(loc_s, rows64 * H, rmask, cols, cmask, loc)
             else:
                 store_tile(dh0_ptr, rows64 * H, rmask, cols, cmask, carry)
-        phase_sync(sync_ptr, it, nprog, SYNC)
+        phase_sync(sync_ptr, it, SYNC)
 
 
 # ------------------------------------------------------------------------------------ launchers
@@ -172,7 +167,7 @@ def forward(xp, h0, w_hh, b_hn, lengths, reverse, save):
     hbuf = _plan.empty((2, B, H), torch.float32, dev)
     hbuf[0].copy_(h0)
     nb = pl.grid_b(B)
-    sync = torch.zeros((nb,), dtype=torch.int32, device=dev)
+    sync = _plan.sync_counters(pl, nb, dev, hbuf)
     dummy = hbuf
 
     def launch(s_first, n_steps, sync_mode):
@@ -192,6 +187,7 @@ def forward(xp, h0, w_hh, b_hn, lengths, reverse, save):
                     launch(s, 1, 0)
             else:
                 launch(0, T, pl.sync)
+                _plan.check_sync(pl, sync)
     return out, hbuf[T % 2].to(dt), gates, hn_lin
 
 
@@ -205,7 +201,7 @@ def backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn
     dg = _plan.empty((2, B, G), torch.float32, dev)
     loc = _plan.empty((2, B, H), torch.float32, dev)
     nb = pl.grid_b(B)
-    sync = torch.zeros((nb,), dtype=torch.int32, device=dev)
+    sync = _plan.sync_counters(pl, nb, dev, loc)
 
     def launch(s_first, n_steps, sync_mode):
         _gru_bwd_kernel[(nb, pl.nprog_h)](
@@ -223,4 +219,5 @@ def backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn
                     launch(s, 1, 0)
             else:
                 launch(T - 1, T + 1, pl.sync)
+                _plan.check_sync(pl, sync)
     return dxp, dh0

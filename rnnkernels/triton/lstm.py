@@ -44,8 +44,8 @@ import triton.language as tl
 
 from . import plan as _plan
 from .cell import lstm_cell_bwd, lstm_cell_fwd, mma
-from .tiles import (load_tile, load_w, phase_sync, prev_time, recurrent_carry, step_schedule,
-                    store_tile)
+from .tiles import (load_tile, load_w, phase_sync, previous_state, recurrent_carry,
+                    step_schedule, store_tile)
 
 
 @triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
@@ -67,8 +67,7 @@ def _lstm_fwd_kernel(
     if HAS_LEN:
         L = tl.minimum(tl.load(len_ptr + rows, mask=rmask, other=0).to(tl.int64), T)
     else:
-        L = tl.zeros([BB], dtype=tl.int64) + T
-    sync_ptr = sync_ptr + pid_b
+        L = tl.full([BB], 0, tl.int64) + T
     for it in range(0, n_steps):
         s = s_first + it
         active, t = step_schedule(s, L, rmask, REVERSE)
@@ -82,14 +81,14 @@ def _lstm_fwd_kernel(
             c_nxt = c_ptr + (1 - cur) * B * H
             g_row = (t * B + rows64) * (4 * H)
             c_row = (t * B + rows64) * H
-            for j in range(pid_h, tl.cdiv(H, BH), nprog):
+            for j in range(pid_h, (H + BH - 1) // BH, nprog):
                 cols = j * BH + tl.arange(0, BH)
                 cmask = cols < H
                 n_i = cols.to(tl.int64)
-                acc_i = tl.zeros([BB, BH], dtype=tl.float32)
-                acc_f = tl.zeros([BB, BH], dtype=tl.float32)
-                acc_g = tl.zeros([BB, BH], dtype=tl.float32)
-                acc_o = tl.zeros([BB, BH], dtype=tl.float32)
+                acc_i = tl.full([BB, BH], 0.0, tl.float32)
+                acc_f = tl.full([BB, BH], 0.0, tl.float32)
+                acc_g = tl.full([BB, BH], 0.0, tl.float32)
+                acc_o = tl.full([BB, BH], 0.0, tl.float32)
                 for k0 in range(0, P, BK):
                     ks = k0 + tl.arange(0, BK)
                     kmask = ks < P
@@ -107,6 +106,8 @@ def _lstm_fwd_kernel(
                 g_o = acc_o + load_tile(xp_ptr, g_row + 3 * H, rmask, cols, cmask)
                 c_prev = load_tile(c_cur, rows64 * H, rmask, cols, cmask)
                 i, f, u, o, c, hh = lstm_cell_fwd(g_i, g_f, g_g, g_o, c_prev)
+                # Finished (or not yet started, in reverse) rows carry their state unchanged
+                # into the other parity buffer.
                 store_tile(c_nxt, rows64 * H, rmask, cols, cmask, tl.where(act2, c, c_prev))
                 if SAVE:
                     store_tile(gates_ptr, g_row, active, cols, cmask, i)
@@ -115,17 +116,19 @@ def _lstm_fwd_kernel(
                     store_tile(gates_ptr, g_row + 3 * H, active, cols, cmask, o)
                     store_tile(cs_ptr, c_row, active, cols, cmask, c)
                 if PROJ:
+                    # h needs every hh unit of this step: the proj phase, after a barrier.
                     store_tile(hh_ptr, rows64 * H, rmask, cols, cmask, hh)
                 else:
                     h_prev = load_tile(h_cur, rows64 * P, rmask, cols, cmask)
                     store_tile(h_nxt, rows64 * P, rmask, cols, cmask, tl.where(act2, hh, h_prev))
+                    # inactive rows have t = s ≥ L_b: exactly the position that must be 0
                     store_tile(out_ptr, out_row, rmask, cols, cmask, tl.where(act2, hh, 0.0))
-            phase_sync(sync_ptr, it * NPH, nprog, SYNC)
+            phase_sync(sync_ptr, it * NPH, SYNC)
         if DO_PROJ:
-            for j in range(pid_h, tl.cdiv(P, BH), nprog):
+            for j in range(pid_h, (P + BH - 1) // BH, nprog):
                 cols = j * BH + tl.arange(0, BH)
                 cmask = cols < P
-                acc = tl.zeros([BB, BH], dtype=tl.float32)
+                acc = tl.full([BB, BH], 0.0, tl.float32)
                 for k0 in range(0, H, BK):
                     ks = k0 + tl.arange(0, BK)
                     kmask = ks < H
@@ -134,7 +137,7 @@ def _lstm_fwd_kernel(
                 h_prev = load_tile(h_cur, rows64 * P, rmask, cols, cmask)
                 store_tile(h_nxt, rows64 * P, rmask, cols, cmask, tl.where(act2, acc, h_prev))
                 store_tile(out_ptr, out_row, rmask, cols, cmask, tl.where(act2, acc, 0.0))
-            phase_sync(sync_ptr, it * NPH + DO_CELL, nprog, SYNC)
+            phase_sync(sync_ptr, it * NPH + DO_CELL, SYNC)
 
 
 @triton.jit
@@ -149,10 +152,7 @@ def _lstm_bwd_pointwise(dhh, s, t, active, rmask, rows64, cols, cmask,
     u = load_tile(gates_ptr, g_row + 2 * H, active, cols, cmask)
     o = load_tile(gates_ptr, g_row + 3 * H, active, cols, cmask)
     c = load_tile(cs_ptr, (t * B + rows64) * H, active, cols, cmask)
-    tp = prev_time(t, REVERSE)
-    c_prev = tl.where(s > 0,
-                      load_tile(cs_ptr, (tp * B + rows64) * H, active & (s > 0), cols, cmask),
-                      load_tile(c0_ptr, rows64 * H, active & (s == 0), cols, cmask))
+    c_prev = previous_state(cs_ptr, c0_ptr, s, t, active, rows64, B, H, cols, cmask, REVERSE)
     dc = load_tile(dc_next, rows64 * H, rmask, cols, cmask)
     d_i, d_f, d_u, d_o, dc_prev = lstm_cell_bwd(dhh, dc, i, f, u, o, c, c_prev)
     store_tile(dxp_ptr, g_row, rmask, cols, cmask, tl.where(act2, d_i, 0.0))
@@ -166,6 +166,9 @@ def _lstm_bwd_pointwise(dhh, s, t, active, rmask, rows64, cols, cmask,
     store_tile(dg_s, dg_row + 2 * H, rmask, cols, cmask, d_u)
     store_tile(dg_s, dg_row + 3 * H, rmask, cols, cmask, d_o)
     store_tile(dc_s, rows64 * H, rmask, cols, cmask, tl.where(act2, dc_prev, dc))
+
+
+_plan.interpreter_direct_calls(globals(), ["_lstm_bwd_pointwise"])
 
 
 @triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
@@ -186,8 +189,7 @@ def _lstm_bwd_kernel(
     if HAS_LEN:
         L = tl.minimum(tl.load(len_ptr + rows, mask=rmask, other=0).to(tl.int64), T)
     else:
-        L = tl.zeros([BB], dtype=tl.int64) + T
-    sync_ptr = sync_ptr + pid_b
+        L = tl.full([BB], 0, tl.int64) + T
     for it in range(0, n_steps):
         s = s_first - it                       # T-1 .. 0, then -1: the pass that forms dh0
         active, t = step_schedule(s, L, rmask, REVERSE)
@@ -201,7 +203,7 @@ def _lstm_bwd_kernel(
         out_row = (t * B + rows64) * P
         if PROJ:
             if DO_A:
-                for j in range(pid_h, tl.cdiv(P, BH), nprog):
+                for j in range(pid_h, (P + BH - 1) // BH, nprog):
                     cols = j * BH + tl.arange(0, BH)
                     cmask = cols < P
                     carry = recurrent_carry(dg_next, w_hh_ptr, ghn_ptr, 0.0, act_next, rmask,
@@ -212,13 +214,13 @@ def _lstm_bwd_kernel(
                                    tl.where(active[:, None], dh_t, 0.0))
                     else:
                         store_tile(dh0_ptr, rows64 * P, rmask, cols, cmask, carry)
-                phase_sync(sync_ptr, it * NPH, nprog, SYNC)
+                phase_sync(sync_ptr, it * NPH, SYNC)
             if DO_B:
                 if s >= 0:
-                    for j in range(pid_h, tl.cdiv(H, BH), nprog):
+                    for j in range(pid_h, (H + BH - 1) // BH, nprog):
                         cols = j * BH + tl.arange(0, BH)
                         cmask = cols < H
-                        dhh = tl.zeros([BB, BH], dtype=tl.float32)
+                        dhh = tl.full([BB, BH], 0.0, tl.float32)
                         for k0 in range(0, P, BK):
                             ks = k0 + tl.arange(0, BK)
                             kmask = ks < P
@@ -228,9 +230,9 @@ def _lstm_bwd_kernel(
                         _lstm_bwd_pointwise(dhh, s, t, active, rmask, rows64, cols, cmask,
                                             c0_ptr, gates_ptr, cs_ptr, dxp_ptr, dg_s, dc_next,
                                             dc_s, B, H, REVERSE)
-                phase_sync(sync_ptr, it * NPH + DO_A, nprog, SYNC)
+                phase_sync(sync_ptr, it * NPH + DO_A, SYNC)
         else:
-            for j in range(pid_h, tl.cdiv(H, BH), nprog):
+            for j in range(pid_h, (H + BH - 1) // BH, nprog):
                 cols = j * BH + tl.arange(0, BH)
                 cmask = cols < H
                 carry = recurrent_carry(dg_next, w_hh_ptr, ghn_ptr, 0.0, act_next, rmask, rows64,
@@ -242,7 +244,7 @@ def _lstm_bwd_kernel(
                                         dc_s, B, H, REVERSE)
                 else:
                     store_tile(dh0_ptr, rows64 * P, rmask, cols, cmask, carry)
-            phase_sync(sync_ptr, it, nprog, SYNC)
+            phase_sync(sync_ptr, it, SYNC)
 
 
 # ------------------------------------------------------------------------------------ launchers
@@ -262,7 +264,7 @@ def forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save):
     cbuf[0].copy_(c0)
     hh = _plan.empty((B, H) if proj else (1,), torch.float32, dev)
     nb = pl.grid_b(B)
-    sync = torch.zeros((nb,), dtype=torch.int32, device=dev)
+    sync = _plan.sync_counters(pl, nb, dev, hbuf)
     dummy = hbuf
     lens = lengths if lengths is not None else dummy
 
@@ -272,7 +274,8 @@ def forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save):
             gates if save else dummy, cs if save else dummy, hbuf, cbuf, hh, sync,
             s_first, n_steps, T, B, H, P,
             HAS_LEN=lengths is not None, REVERSE=bool(reverse), SAVE=bool(save), PROJ=proj,
-            DO_CELL=do_cell, DO_PROJ=do_proj, NPH=do_cell + do_proj, SYNC=sync_mode, DOT_F32=pl.dot_f32,
+            DO_CELL=do_cell, DO_PROJ=do_proj, NPH=do_cell + do_proj, SYNC=sync_mode,
+            DOT_F32=pl.dot_f32,
             BB=pl.BB, BH=pl.BH, BK=pl.BK, num_warps=pl.num_warps, num_stages=pl.num_stages)
 
     if B > 0:
@@ -284,6 +287,7 @@ def forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save):
                         launch(s, 1, 0, 1, 0)
             else:
                 launch(0, T, 1, int(proj), pl.sync)
+                _plan.check_sync(pl, sync)
     fin = T % 2
     return out, hbuf[fin].to(dt), cbuf[fin].to(dt), gates, cs
 
@@ -302,7 +306,7 @@ def backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, o
     dc = _plan.empty((2, B, H), torch.float32, dev)
     dc[T % 2].copy_(grad_cn)               # the carry entering step T-1
     nb = pl.grid_b(B)
-    sync = torch.zeros((nb,), dtype=torch.int32, device=dev)
+    sync = _plan.sync_counters(pl, nb, dev, dc)
     dummy = dc
     lens = lengths if lengths is not None else dummy
 
@@ -312,7 +316,8 @@ def backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, o
             dxp, dh0, dh_all if proj else dummy, dg, dc, sync,
             s_first, n_steps, T, B, H, P,
             HAS_LEN=lengths is not None, REVERSE=bool(reverse), PROJ=proj,
-            DO_A=do_a, DO_B=do_b, NPH=(do_a + do_b) if proj else 1, SYNC=sync_mode, DOT_F32=pl.dot_f32,
+            DO_A=do_a, DO_B=do_b, NPH=(do_a + do_b) if proj else 1, SYNC=sync_mode,
+            DOT_F32=pl.dot_f32,
             BB=pl.BB, BH=pl.BH, BK=pl.BK, num_warps=pl.num_warps, num_stages=pl.num_stages)
 
     if B > 0:
@@ -324,4 +329,5 @@ def backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, o
                         launch(s, 1, 0, 1, 0)
             else:
                 launch(T - 1, T + 1, 1, 1, pl.sync)
+                _plan.check_sync(pl, sync)
     return dxp, dh0, dc[0].to(dt), dh_all

@@ -18,13 +18,17 @@ Strategies (see the kernel docstrings in ``lstm.py`` for the step structure):
     As ``persistent``, but the hidden tiles of a batch tile are shared by ``nprog_h`` programs
     that meet at a grid barrier (atomic counter) between phases, so every SM streams only its
     slice of W_hh. Needs all programs resident: the launcher never asks for more programs than
-    SMs. It would deadlock under the interpreter (programs run sequentially), so it refuses to run
-    there; its test is CUDA-only.
+    SMs, and a barrier that spins for seconds sets a flag that makes the launcher raise rather
+    than hang. It would deadlock under the interpreter (programs run sequentially), so it
+    refuses to run there; its test is CUDA-only (not yet run on a GPU).
 
-``auto`` picks ``persistent`` when all recurrent weights take at most 1 MiB (each program then
-re-reads little per step), else ``step``. The 1 MiB threshold and the tile sizes below are
-untuned guesses (no GPU was available when they were written); ``triton.autotune`` is not used
-because the kernels write their state buffers in place and the tuner would re-run them.
+``auto`` picks ``persistent`` when one program has at most 16 tile products to do one after
+another per step (half types: H, P ≤ 128; fp32: ≤ 64), else ``step``. The model behind it: a
+``persistent`` program pays about one L2 round trip (~1 µs) per unpipelined tile product, a
+``step`` launch ~10-20 µs of host time per step but spreads the tiles over many SMs. The
+threshold and the tile sizes are untuned (no GPU was available when they were written);
+``triton.autotune`` is not used because a persistent launch consumes its state buffers (the
+tuner's repeated runs would start from a wrong h0).
 
 Override with ``RNNKERNELS_TRITON_STRATEGY=step|persistent|persistent-grid`` or the
 ``strategy(...)`` context manager (the context manager wins); tile sizes with ``tuning(...)``
@@ -41,11 +45,11 @@ import torch
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 STRATEGIES = ("auto", "step", "persistent", "persistent-grid")
-_PERSISTENT_MAX_WEIGHT_BYTES = 1 << 20
+_PERSISTENT_MAX_SERIAL_TILES = 16
+_MAX_GRID_Y = 65535
 
-_strategy: contextvars.ContextVar[str | None] = contextvars.ContextVar("rnnkernels_triton_strategy",
-                                                                       default=None)
-_tuning: contextvars.ContextVar[dict] = contextvars.ContextVar("rnnkernels_triton_tuning", default={})
+_strategy = contextvars.ContextVar("rnnkernels_triton_strategy", default=None)
+_tuning = contextvars.ContextVar("rnnkernels_triton_tuning", default={})
 
 
 def _check_strategy(name: str) -> str:
@@ -138,15 +142,24 @@ def dot_f32(dtype: torch.dtype, device: torch.device) -> bool:
     return False
 
 
+def _serial_tiles(dtype: torch.dtype, H: int, P: int, has_proj: bool) -> int:
+    """Tile products one ``persistent`` program does one after another per step, counted with
+    the GPU tiles (so ``auto`` decides the same under the interpreter)."""
+    bh, bk = (32, 32) if dtype != torch.float32 else (16, 16)
+    n = triton_cdiv(H, bh) * triton_cdiv(P, bk)
+    if has_proj:
+        n += triton_cdiv(P, bh) * triton_cdiv(H, bk)
+    return n
+
+
 def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, G: int,
               has_proj: bool) -> Plan:
     """The strategy and launch configuration of one scan (forward or backward)."""
     name = requested_strategy()
     tune = _tuning.get()
-    elt = torch.empty((), dtype=dtype).element_size()
-    weight_bytes = (G * H * P + (P * H if has_proj else 0)) * elt
     if name == "auto":
-        name = "persistent" if weight_bytes <= _PERSISTENT_MAX_WEIGHT_BYTES else "step"
+        few = _serial_tiles(dtype, H, P, has_proj) <= _PERSISTENT_MAX_SERIAL_TILES
+        name = "persistent" if few else "step"
     if name == "persistent-grid" and INTERPRET:
         raise RuntimeError("rnnkernels triton backend: strategy 'persistent-grid' spins on a grid "
                            "barrier and would deadlock under TRITON_INTERPRET=1 (programs run "
@@ -158,21 +171,20 @@ def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, 
         BH = _pow2(width, 16, 128)
         BK = _pow2(width, 16, 128)
     else:
-        half = dtype != torch.float32
-        BK = 64 if half else 32
-        if name == "step":
-            BB = 16 if B <= 16 else (32 if B <= 64 else 64)
-            BH = 32
-        else:
-            nsm = _num_sms(device)
-            BB = 16 if triton_cdiv(B, 16) <= nsm else 64
-            BH = 32 if (G == 4 or name == "persistent-grid") else 64
+        # Small tiles: compiled for sm_90 by triton 3.9 (``python -m rnnkernels.triton.aot``)
+        # the kernels fit in 255 registers without spilling at BB×BH×BK = 16×32×32 for half
+        # types and 16×16×16 for fp32 (its FMA dot keeps both operands in registers); BB = 32
+        # or BK = 64 already spill. Untimed: no GPU was available to tune them.
+        BB = 16
+        BH, BK = (32, 32) if dtype != torch.float32 else (16, 16)
     BB = tune.get("block_b", BB)
     BH = tune.get("block_h", BH)
     BK = tune.get("block_k", BK)
     num_warps = tune.get("num_warps", 4)
-    num_stages = tune.get("num_stages", 2)
+    num_stages = tune.get("num_stages", 1)
     n_tiles = triton_cdiv(width, BH)
+    if name == "step" and n_tiles > _MAX_GRID_Y:
+        name = "persistent"  # the hidden tiles would not fit CUDA's grid.y; this has one program
     if name == "step":
         nprog_h, sync = n_tiles, 0
     elif name == "persistent":
@@ -182,11 +194,27 @@ def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, 
         nsm = _num_sms(device)
         nprog_h = tune.get("nprog_h", min(n_tiles, max(1, nsm // nb)))
         if nb * nprog_h > nsm:
-            raise RuntimeError(f"rnnkernels triton backend: 'persistent-grid' needs {nb}×{nprog_h} "
-                               f"co-resident programs but the GPU has {nsm} SMs; use 'step' or "
-                               f"'persistent'")
+            raise RuntimeError(f"rnnkernels triton backend: 'persistent-grid' needs "
+                               f"{nb}×{nprog_h} co-resident programs but the GPU has {nsm} SMs; "
+                               f"use 'step' or 'persistent'")
         sync = 2 if nprog_h > 1 else 1
     return Plan(name, BB, BH, BK, num_warps, num_stages, nprog_h, sync, dot_f32(dtype, device))
+
+
+def sync_counters(pl: Plan, nb: int, device, dummy: torch.Tensor) -> torch.Tensor:
+    """Zeroed grid-barrier counters (one per batch tile, then the timeout flag) when the plan
+    uses them (see ``tiles.phase_sync``), else ``dummy`` (never dereferenced)."""
+    if pl.sync == 2:
+        return torch.zeros((nb + 1,), dtype=torch.int32, device=device)
+    return dummy
+
+
+def check_sync(pl: Plan, counters: torch.Tensor) -> None:
+    """After a grid-barrier launch: raise if a barrier timed out (costs one host sync)."""
+    if pl.sync == 2 and int(counters[-1].item()) != 0:
+        raise RuntimeError("rnnkernels triton backend: a grid barrier of 'persistent-grid' timed "
+                           "out (its programs were not all resident on the GPU); the results are "
+                           "invalid. Use strategy 'persistent' or 'step'.")
 
 
 def empty(shape, dtype, device) -> torch.Tensor:
@@ -203,3 +231,35 @@ def device_guard(t: torch.Tensor):
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
+
+
+class _DirectCall:
+    """An interpreted ``@triton.jit`` helper called without re-patching ``triton.language``."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "helper")
+        self.__doc__ = getattr(fn, "__doc__", None)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn.rewrite()(*args, **kwargs)
+
+
+def interpreter_direct_calls(namespace: dict, names) -> None:
+    """Speed up nested helper calls under ``TRITON_INTERPRET=1`` (no effect on a GPU).
+
+    The interpreter of triton 3.9 re-patches the whole language module (``inspect.getmembers``
+    over ``tl``, ``tl.tensor``, ``tl.math``: ~4 ms) at EVERY call of one ``@triton.jit`` function
+    from another, although the kernel launch has already patched that same module object (and
+    restores it afterwards). The kernels here call ~30 small helpers per step, so that redundant
+    patching was most of the interpreter's time. This replaces the helpers ``names`` of
+    ``namespace`` (never a kernel: those are launched with ``[grid]``) by wrappers that call the
+    interpreter's rewritten function directly. Without that hook (another triton version) the
+    helpers are left as they are.
+    """
+    if not INTERPRET:
+        return
+    for name in names:
+        value = namespace[name]
+        if callable(getattr(value, "rewrite", None)):
+            namespace[name] = _DirectCall(value)

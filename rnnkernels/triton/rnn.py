@@ -44,8 +44,7 @@ def _rnn_fwd_kernel(
     if HAS_LEN:
         L = tl.minimum(tl.load(len_ptr + rows, mask=rmask, other=0).to(tl.int64), T)
     else:
-        L = tl.zeros([BB], dtype=tl.int64) + T
-    sync_ptr = sync_ptr + pid_b
+        L = tl.full([BB], 0, tl.int64) + T
     for it in range(0, n_steps):
         s = s_first + it
         active, t = step_schedule(s, L, rmask, REVERSE)
@@ -54,10 +53,10 @@ def _rnn_fwd_kernel(
         h_cur = h_ptr + cur * B * H
         h_nxt = h_ptr + (1 - cur) * B * H
         o_row = (t * B + rows64) * H
-        for j in range(pid_h, tl.cdiv(H, BH), nprog):
+        for j in range(pid_h, (H + BH - 1) // BH, nprog):
             cols = j * BH + tl.arange(0, BH)
             cmask = cols < H
-            acc = tl.zeros([BB, BH], dtype=tl.float32)
+            acc = tl.full([BB, BH], 0.0, tl.float32)
             for k0 in range(0, H, BK):
                 ks = k0 + tl.arange(0, BK)
                 kmask = ks < H
@@ -67,7 +66,7 @@ def _rnn_fwd_kernel(
             h_prev = load_tile(h_cur, rows64 * H, rmask, cols, cmask)
             store_tile(h_nxt, rows64 * H, rmask, cols, cmask, tl.where(act2, h, h_prev))
             store_tile(out_ptr, o_row, rmask, cols, cmask, tl.where(act2, h, 0.0))
-        phase_sync(sync_ptr, it, nprog, SYNC)
+        phase_sync(sync_ptr, it, SYNC)
 
 
 @triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
@@ -85,8 +84,7 @@ def _rnn_bwd_kernel(
     if HAS_LEN:
         L = tl.minimum(tl.load(len_ptr + rows, mask=rmask, other=0).to(tl.int64), T)
     else:
-        L = tl.zeros([BB], dtype=tl.int64) + T
-    sync_ptr = sync_ptr + pid_b
+        L = tl.full([BB], 0, tl.int64) + T
     for it in range(0, n_steps):
         s = s_first - it                       # T-1 .. 0, then -1: the pass that forms dh0
         active, t = step_schedule(s, L, rmask, REVERSE)
@@ -96,7 +94,7 @@ def _rnn_bwd_kernel(
         dg_next = dg_ptr + nxt * B * H
         dg_s = dg_ptr + (1 - nxt) * B * H
         o_row = (t * B + rows64) * H
-        for j in range(pid_h, tl.cdiv(H, BH), nprog):
+        for j in range(pid_h, (H + BH - 1) // BH, nprog):
             cols = j * BH + tl.arange(0, BH)
             cmask = cols < H
             carry = recurrent_carry(dg_next, w_hh_ptr, ghn_ptr, 0.0, act_next, rmask, rows64,
@@ -109,7 +107,7 @@ def _rnn_bwd_kernel(
                 store_tile(dg_s, rows64 * H, rmask, cols, cmask, dpre)
             else:
                 store_tile(dh0_ptr, rows64 * H, rmask, cols, cmask, carry)
-        phase_sync(sync_ptr, it, nprog, SYNC)
+        phase_sync(sync_ptr, it, SYNC)
 
 
 # ------------------------------------------------------------------------------------ launchers
@@ -121,7 +119,7 @@ def forward(xp, h0, w_hh, lengths, reverse, relu):
     hbuf = _plan.empty((2, B, H), torch.float32, dev)
     hbuf[0].copy_(h0)
     nb = pl.grid_b(B)
-    sync = torch.zeros((nb,), dtype=torch.int32, device=dev)
+    sync = _plan.sync_counters(pl, nb, dev, hbuf)
 
     def launch(s_first, n_steps, sync_mode):
         _rnn_fwd_kernel[(nb, pl.nprog_h)](
@@ -138,6 +136,7 @@ def forward(xp, h0, w_hh, lengths, reverse, relu):
                     launch(s, 1, 0)
             else:
                 launch(0, T, pl.sync)
+                _plan.check_sync(pl, sync)
     return out, hbuf[T % 2].to(dt)
 
 
@@ -149,7 +148,7 @@ def backward(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
     dh0 = _plan.empty((B, H), dt, dev)
     dg = _plan.empty((2, B, H), torch.float32, dev)
     nb = pl.grid_b(B)
-    sync = torch.zeros((nb,), dtype=torch.int32, device=dev)
+    sync = _plan.sync_counters(pl, nb, dev, dg)
 
     def launch(s_first, n_steps, sync_mode):
         _rnn_bwd_kernel[(nb, pl.nprog_h)](
@@ -166,4 +165,5 @@ def backward(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
                     launch(s, 1, 0)
             else:
                 launch(T - 1, T + 1, pl.sync)
+                _plan.check_sync(pl, sync)
     return dxp, dh0

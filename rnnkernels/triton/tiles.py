@@ -17,6 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import plan as _plan
 from .cell import mma
 
 
@@ -27,7 +28,7 @@ def step_schedule(s, L, rmask, REVERSE: tl.constexpr):
     if REVERSE:
         t = tl.where(active, L - 1 - s, s)
     else:
-        t = tl.zeros_like(L) + s
+        t = L * 0 + s  # s as int64 rows; tl.zeros_like is a slow nested call when interpreted
     return active, t
 
 
@@ -41,27 +42,35 @@ def prev_time(t, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def phase_sync(sync_ptr, n_sync, nprog, SYNC: tl.constexpr):
-    """Barrier number ``n_sync`` between phases; returns n_sync + 1.
+def phase_sync(sync_ptr, n_sync, SYNC: tl.constexpr):
+    """Barrier number ``n_sync`` (0, 1, 2, ... in program order) between dependent phases.
 
     SYNC=0: nothing (one launch per phase: the launch boundary is the barrier).
     SYNC=1: ``__syncthreads``, which also makes this CTA's global writes visible to itself.
-    SYNC=2: grid barrier of the ``nprog`` programs of this batch tile. Arrive with a release
-    atomic after a CTA barrier (so every thread's writes are ordered before it), spin with acquire
-    reads until all have arrived at this barrier (count (n_sync+1)·nprog, never reset, so there is
-    no reset race), then a CTA barrier so no thread runs ahead of the spinning one.
+    SYNC=2: grid barrier of the programs that share this batch tile (grid axis 1), on the int32
+    counter ``sync_ptr[program_id(0)]``. Arrive with a release atomic after a CTA barrier (so the
+    writes of every thread are ordered before it), spin with acquire reads until all have arrived
+    at this barrier (count (n_sync+1)·nprog: the counter is never reset, so there is no reset
+    race), then a CTA barrier so no thread runs ahead of the spinning one. A spin that outlasts
+    ``2**22`` polls (seconds; a phase takes micro- to milliseconds) means the programs are not
+    co-resident: it sets the flag ``sync_ptr[num_programs(0)]`` and goes on, so the launcher
+    raises instead of the GPU hanging.
     """
     if SYNC == 1:
         tl.debug_barrier()
     if SYNC == 2:
+        counter = sync_ptr + tl.program_id(0)
+        target = (n_sync + 1) * tl.num_programs(1)
         tl.debug_barrier()
-        tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
-        target = (n_sync + 1) * nprog
-        seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
-        while seen < target:
-            seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
+        tl.atomic_add(counter, 1, sem="release", scope="gpu")
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        polls = 0
+        while (seen < target) & (polls < 4194304):
+            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+            polls += 1
+        if seen < target:
+            tl.atomic_xchg(sync_ptr + tl.num_programs(0), 1)
         tl.debug_barrier()
-    return n_sync + 1
 
 
 @triton.jit
@@ -92,14 +101,31 @@ def recurrent_carry(dg_next, w_ptr, ghn_ptr, local, act_next, rmask, rows64, col
     dg_{s+1}·W_hh[:, cols] + local (GRU: dh_{s+1}⊙z_{s+1}; else 0) for rows active at step s+1,
     grad_hn for the others (the sequence has not started yet in the reverse scan). dg_next is
     [B, GH] fp32 and complete (written by the previous step); W_hh is [GH, P].
-    Rows of dg_next for inactive sequences may hold anything: a GEMM row only feeds its own
-    output row, which ``tl.where`` then discards.
+    Rows of dg_next of sequences inactive at s+1 (all of them at s = T-1, when the buffer was
+    never written) are not even read, so no stale value enters the arithmetic.
     """
-    acc = tl.zeros([BB, BH], dtype=tl.float32)
+    acc = tl.full([BB, BH], 0.0, tl.float32)
     for k0 in range(0, GH, BK):
         ks = k0 + tl.arange(0, BK)
         kmask = ks < GH
-        a = load_tile(dg_next, rows64 * GH, rmask, ks, kmask)
+        a = load_tile(dg_next, rows64 * GH, act_next, ks, kmask)
         acc = mma(acc, a, load_w(w_ptr, ks, kmask, cols, cmask, P, 1), DOT_F32)
     ghn = load_tile(ghn_ptr, rows64 * P, rmask, cols, cmask)
     return tl.where(act_next[:, None], acc + local, ghn)
+
+
+@triton.jit
+def previous_state(seq_ptr, init_ptr, s, t, active, rows64, B, W, cols, cmask,
+                   REVERSE: tl.constexpr):
+    """State before step s for active rows: seq[t_prev] ([T, B, W], time order) or init at s=0."""
+    first = (t * 0 + s) == 0
+    later = (t * 0 + s) > 0
+    tp = prev_time(t, REVERSE)
+    from_seq = load_tile(seq_ptr, (tp * B + rows64) * W, active & later, cols, cmask)
+    from_init = load_tile(init_ptr, rows64 * W, active & first, cols, cmask)
+    return tl.where(first[:, None], from_init, from_seq)
+
+
+_plan.interpreter_direct_calls(globals(), ["step_schedule", "prev_time", "phase_sync",
+                                           "load_tile", "store_tile", "load_w", "recurrent_carry",
+                                           "previous_state"])
