@@ -1,0 +1,1 @@
+"""rnnkernels benchmark suite: ``python -m bench.run`` (see bench/README.md)."""

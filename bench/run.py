@@ -1,0 +1,338 @@
+"""The benchmark runner: ``python -m bench.run`` (what ``make bench`` calls).
+
+For each config × cell × mode × provider it builds the provider's module with the shared weights,
+runs the timed step once and scores that call against torch.nn (outputs, and in ``fwdbwd`` every
+parameter grad), then times it (median, p20, p80), measures its peak extra memory, and prints a
+table row. Every row is also one JSON line in ``bench/results/<device>-<suite>-<stamp>.jsonl``
+(next to a PNG of the speedups), self-contained: config, provider, mode, dtype, times, memory,
+error and tolerance, and the environment (torch/triton/CUDA/cuDNN versions, device name, CPU
+model, git sha). A short validation table (odd sizes, every module incl. cells vs torch.nn) runs
+first; ``--validate`` runs only it. ``--strict`` exits 1 if any error is above tolerance or any
+provider failed. See bench/README.md for the options and what each number means.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from . import configs as C
+from . import harness as H
+
+DEFAULT_OUT = H.REPO / "bench" / "results"
+
+
+def _parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", dest="suite", action="store_const", const="quick",
+                   help="the quick suite (small shapes, a minute or two on a small CPU)")
+    g.add_argument("--full", dest="suite", action="store_const", const="full",
+                   help="the full suite (the GPU sweep)")
+    p.set_defaults(suite="auto")
+    p.add_argument("--validate", action="store_true",
+                   help="only the validation table (each module vs torch.nn at odd sizes)")
+    p.add_argument("--no-validate", action="store_true",
+                   help="skip the validation table that otherwise precedes the benchmark")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda[:N]")
+    p.add_argument("--configs", nargs="+", metavar="PATTERN",
+                   help="config names or shell patterns from any suite (see --list)")
+    p.add_argument("--cells", default="LSTM,GRU,RNN", help="comma list (default: all three)")
+    p.add_argument("--modes", default="fwd,fwdbwd", help="comma list of fwd, fwdbwd")
+    p.add_argument("--providers", default=None,
+                   help="comma list from torch,cpu,cuda,triton,reference (default: every one "
+                        "available on the device; reference only on configs marked for it)")
+    p.add_argument("--dtypes", default="float32",
+                   help="comma list: float32, bfloat16, float16, float64 (default float32)")
+    p.add_argument("--out", default=None,
+                   help=f"results folder (default {DEFAULT_OUT.relative_to(H.REPO)})")
+    p.add_argument("--tag", default="", help="appended to the result file names")
+    p.add_argument("--no-save", action="store_true", help="write no JSONL/PNG, only print")
+    p.add_argument("--no-plot", action="store_true", help="write no PNG")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 if any error is above tolerance or any provider failed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--tf32", action="store_true",
+                   help="allow TF32 in fp32 matmuls and cuDNN (off by default: fp32 is fp32)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="CPU: seconds of timed calls per measurement (quick 0.3, full 1.0)")
+    p.add_argument("--min-reps", type=int, default=None, help="minimum timed calls (default 5)")
+    p.add_argument("--warmup", type=int, default=None, help="CPU: untimed calls before timing")
+    p.add_argument("--list", action="store_true", help="list the configs and exit")
+    return p.parse_args(argv)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(name)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench: --device cuda requested but torch.cuda.is_available() is False")
+    return d
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _dtypes(s: str) -> list[torch.dtype]:
+    out = []
+    for name in _csv(s):
+        if name not in H.DTYPES:
+            raise SystemExit(f"bench: unknown dtype {name!r}; expected one of {sorted(H.DTYPES)}")
+        out.append(H.DTYPES[name])
+    return out
+
+
+def _budget(args, suite: str, device: torch.device) -> H.TimingBudget:
+    b = H.TimingBudget()
+    if device.type == "cpu":
+        b.min_time = 0.3 if suite == "quick" else 1.0
+        b.warmup = 1 if suite == "quick" else 2
+        b.min_reps = 3 if suite == "quick" else 5
+    else:
+        b.min_reps, b.max_reps = 10, 500
+        b.warmup_ms, b.rep_time_ms = 50.0, 300.0
+    if args.min_time is not None:
+        b.min_time = args.min_time
+        b.rep_time_ms = 1e3 * args.min_time
+    if args.min_reps is not None:
+        b.min_reps = args.min_reps
+    if args.warmup is not None:
+        b.warmup = args.warmup
+    return b
+
+
+def _stamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+# ------------------------------------------------------------------------------------ the table
+_COLS = [("cell", 4, "<"), ("mode", 6, "<"), ("provider", 9, "<"), ("median ms", 10, ">"),
+         ("p20", 9, ">"), ("p80", 9, ">"), ("speedup", 8, ">"), ("peak MB", 8, ">"),
+         ("error", 8, ">"), ("", 4, "<")]
+
+
+def _fmt_row(values) -> str:
+    return "  ".join(f"{str(v):{a}{w}}" for v, (_, w, a) in zip(values, _COLS))
+
+
+def _fmt_ms(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v < 100 else f"{v:.1f}"
+
+
+def _fmt_err(e) -> str:
+    if e is None:
+        return "-"
+    return "inf" if math.isinf(e) else f"{e:.1e}"
+
+
+def _table_header() -> str:
+    head = _fmt_row([c[0] for c in _COLS])
+    return head + "\n" + "-" * len(head)
+
+
+def _row_for(rec: dict) -> str:
+    t = rec.get("time_ms") or {}
+    err = rec.get("error") or {}
+    if rec["status"] != "ok":
+        flag = "FAIL"
+    else:
+        flag = "ok" if err.get("ok") else "TOL!"
+    mem = rec.get("peak_mem_bytes")
+    speed = rec.get("speedup")
+    return _fmt_row([rec["cell"], rec["mode"], rec["provider"], _fmt_ms(t.get("median")),
+                     _fmt_ms(t.get("p20")), _fmt_ms(t.get("p80")),
+                     "-" if speed is None else f"{speed:.2f}x",
+                     "-" if mem is None else f"{mem / 2**20:.1f}",
+                     _fmt_err(err.get("worst")), flag]) \
+        + (f"  [{rec['impl']}]" if rec.get("impl") else "")
+
+
+# ------------------------------------------------------------------------------- measurement
+def measure(case: H.Case, provider: str, mode: str, budget: H.TimingBudget) -> dict:
+    """One record: check the provider's step against torch.nn, time it, measure its memory."""
+    rec = {"kind": "bench", "config": case.cfg.to_dict(), "cell": case.cell, "mode": mode,
+           "provider": provider, "dtype": H.dtype_name(case.dtype), "device": case.device.type,
+           "loadavg_1m": H.loadavg()}
+    module = step = None
+    try:
+        module, step, err = H.checked_step(case, provider, mode)
+        rec["error"] = err
+        samples, timer = H.time_fn(step, case.device, budget)
+        rec["time_ms"] = H.summarize(samples)
+        rec["timer"] = timer
+        mem, kind = H.peak_memory(step, case.device, module)
+        rec["peak_mem_bytes"], rec["mem_kind"] = mem, kind
+        if provider == "torch":
+            rec["impl"] = H.torch_impl(module, case.inputs)
+        rec["status"] = "ok"
+    except Exception as exc:  # a provider that cannot run a case is reported, not fatal
+        rec["status"] = "failed"
+        rec["failure"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        del module, step
+        if case.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rec
+
+
+def _providers_for(cfg, device, dtype, explicit: list[str] | None) -> list[str]:
+    if explicit:
+        return explicit
+    avail = H.available_providers(device, dtype, timing=True)
+    # The reference is a plain Python loop: timed only on small CPU configs marked for it.
+    return [p for p in avail if p != "reference" or (cfg.reference and device.type == "cpu")]
+
+
+def run_bench(args, device: torch.device, suite: str, sink) -> list[dict]:
+    cfgs = C.select(args.configs, suite)
+    cells = _csv(args.cells)
+    modes = _csv(args.modes)
+    for c in cells:
+        if c not in C.CELLS:
+            raise SystemExit(f"bench: unknown cell {c!r}; expected {C.CELLS}")
+    for m in modes:
+        if m not in C.MODES:
+            raise SystemExit(f"bench: unknown mode {m!r}; expected {C.MODES}")
+    explicit = _csv(args.providers) if args.providers else None
+    budget = _budget(args, suite, device)
+    env = H.environment(device.type)
+    print(f"\n== benchmark: suite={suite}, device={env['device_name']}, torch {env['torch']}, "
+          f"triton {env['triton']}, CUDA {env['cuda']}, threads {env['torch_threads']}, "
+          f"git {env['git_sha'][:12]}", flush=True)
+    load = H.loadavg()
+    if device.type == "cpu" and load is not None and load > 0.5 * (env["cpu_count"] or 1):
+        print(f"WARNING: 1-min load average is {load} on {env['cpu_count']} CPUs: other work is "
+              "running and CPU timings will be noisy (each record keeps its loadavg_1m); "
+              "--threads 1 avoids OpenMP threads waiting on descheduled peers.",
+              flush=True)
+    records = []
+    for dtype in _dtypes(args.dtypes):
+        for cfg in cfgs:
+            providers = _providers_for(cfg, device, dtype, explicit)
+            print(f"\n{cfg.name} [{cfg.shape()}] {H.dtype_name(dtype)} — {cfg.note}")
+            print(_table_header(), flush=True)
+            for cell in cells:
+                try:
+                    case = H.prepare_case(cfg, cell, device, dtype, args.seed)
+                except Exception as exc:  # e.g. out of memory for torch.nn itself
+                    rec = {"kind": "bench", "config": cfg.to_dict(), "cell": cell, "mode": "-",
+                           "provider": "torch", "dtype": H.dtype_name(dtype),
+                           "device": device.type, "status": "failed", "suite": suite,
+                           "failure": f"preparing the torch.nn reference: "
+                                      f"{type(exc).__name__}: {exc}", "env": env}
+                    records.append(rec)
+                    sink(rec)
+                    print(f"{cell:4s}  {rec['failure']}", flush=True)
+                    continue
+                for mode in modes:
+                    base = None
+                    for prov in providers:
+                        rec = measure(case, prov, mode, budget)
+                        rec["suite"], rec["env"] = suite, env
+                        med = (rec.get("time_ms") or {}).get("median")
+                        if prov == "torch":
+                            base = med
+                        rec["speedup"] = (base / med) if (base and med) else None
+                        records.append(rec)
+                        sink(rec)
+                        print(_row_for(rec), flush=True)
+                        if rec["status"] != "ok":
+                            print(f"      {rec['failure']}", flush=True)
+                del case
+    return records
+
+
+def _summary(records: list[dict], what: str) -> int:
+    bad = [r for r in records if r["status"] != "ok" or not (r.get("error") or {}).get("ok")]
+    n = len(records)
+    if n == 0:
+        print(f"\n{what}: nothing was measured.")
+        return 1
+    if not bad:
+        print(f"\n{what}: {n} measurements, all within tolerance.")
+        return 0
+    print(f"\n{what}: {len(bad)} of {n} measurements FAILED or are above tolerance:")
+    for r in bad:
+        name = r["config"]["name"] if isinstance(r.get("config"), dict) else r.get("case")
+        err = r.get("error") or {}
+        why = r.get("failure") or (f"{err.get('metric')} {err.get('worst'):.2e} > tol "
+                                   f"{err.get('tol'):.0e} at {err.get('worst_of')}")
+        print(f"  {name} {r.get('cell', '')} {r.get('mode', '')} {r['provider']} "
+              f"{r['dtype']}: {why}")
+    return len(bad)
+
+
+class _Sink:
+    """Appends each record to the JSONL file as it is made, so an interrupted run keeps data."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+
+    def __call__(self, rec: dict) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(rec, default=str) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.list:
+        for c in C.REGISTRY.values():
+            ref = " (+reference)" if c.reference else ""
+            print(f"{c.suite:5s}  {c.name:12s}  {c.shape():34s}  {c.note}{ref}")
+        return 0
+    device = _device(args.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)   # so names, events and memory stats refer to it
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    H.configure_precision(device, args.tf32)
+    suite = args.suite if args.suite != "auto" else ("full" if device.type == "cuda" else "quick")
+    out_dir = Path(args.out) if args.out else DEFAULT_OUT
+    stamp = _stamp() + (f"-{args.tag}" if args.tag else "")
+    failures = 0
+    if H.import_rnnkernels()[0] is None:
+        print(f"bench: rnnkernels cannot be imported ({H.import_rnnkernels()[1]}); "
+              "only torch.nn can be measured", file=sys.stderr)
+        failures += 1
+
+    if not args.no_validate or args.validate:
+        from . import validate as V  # noqa: PLC0415
+        vpath = None if args.no_save else out_dir / f"{device.type}-validate-{stamp}.jsonl"
+        vrecs = V.run_validation(device, _dtypes(args.dtypes), args.seed, _Sink(vpath),
+                                 _csv(args.providers) if args.providers else None)
+        failures += _summary(vrecs, "validation")
+        if vpath is not None:
+            print(f"wrote {vpath}")
+    if args.validate:
+        return 1 if (args.strict and failures) else 0
+
+    path = None if args.no_save else out_dir / f"{device.type}-{suite}-{stamp}.jsonl"
+    records = run_bench(args, device, suite, _Sink(path))
+    failures += _summary(records, "benchmark")
+    if path is not None:
+        print(f"wrote {path}")
+        if not args.no_plot:
+            from .plot import plot_speedups  # noqa: PLC0415
+            png = plot_speedups(records, path.with_suffix(".png"))
+            if png is not None:
+                print(f"wrote {png}")
+    return 1 if (args.strict and failures) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
