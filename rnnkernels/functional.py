@@ -143,6 +143,9 @@ def _stack(kind: str, name: str, input: Tensor, hx: list[Tensor], params: list[T
         raise ValueError(f"{name}: expected a multiple of {num_layers * dirs} parameters, "
                          f"got {len(params)}")
     cast = _autocast_dtype(input.device.type)
+    if input.dtype == torch.float64:
+        cast = None            # autocast casts fp32 only; a float64 model stays float64
+    state_dtypes = [h.dtype for h in hx]
     if cast is not None:       # torch.nn runs the whole RNN in the autocast dtype; so do we
         input, hx = input.to(cast), [h.to(cast) for h in hx]
         params = [q.to(cast) for q in params]
@@ -180,8 +183,24 @@ def _stack(kind: str, name: str, input: Tensor, hx: list[Tensor], params: list[T
     elif batch_first:
         output = output.transpose(0, 1)
     h_n = torch.stack(h_n, 0)
+    c_n = torch.stack(c_n, 0) if kind == "lstm" else None
+    if cast is not None and input.device.type == "cpu":
+        # CPU autocast has no RNN entry: torch.nn runs its ATen cells op by op, the GEMMs in
+        # `cast` and the elementwise update in the promoted dtype of the gates and the incoming
+        # state. So the GRU state and the LSTM cell state keep the caller's state dtype (fp32),
+        # and so does the LSTM hidden state unless a projection GEMM produces it; the Elman RNN
+        # (activation of a GEMM result) stays in `cast`. (CUDA autocast runs the whole RNN in
+        # `cast`, which the kernels already do.)
+        if kind == "gru":
+            dt = torch.promote_types(cast, state_dtypes[0])
+            output, h_n = output.to(dt), h_n.to(dt)
+        elif kind == "lstm":
+            dt = torch.promote_types(cast, state_dtypes[1])
+            c_n = c_n.to(dt)
+            if len(params) // (num_layers * dirs) in (2, 4):     # no projection weight
+                output, h_n = output.to(dt), h_n.to(dt)
     if kind == "lstm":
-        return output, h_n, torch.stack(c_n, 0)
+        return output, h_n, c_n
     return output, h_n
 
 

@@ -21,14 +21,6 @@ def workspace_like(xp: Tensor, shape, save: bool) -> Tensor:
     return xp.new_empty(shape if save else (0,), dtype=acc_dtype(xp.dtype))
 
 
-def active_mask(T: int, lengths: Tensor | None, ref: Tensor) -> Tensor | None:
-    """[T, B, 1] bool, True where time index t < L_b (None when every step is active)."""
-    if lengths is None:
-        return None
-    t = torch.arange(T, device=ref.device)
-    return (t[:, None] < lengths.to(ref.device)[None, :]).unsqueeze(-1)
-
-
 def previous_states(out: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
     """h_{t-1} of every step, in time order: ``out`` shifted one step in processing order.
 

@@ -63,9 +63,6 @@ def _backward(ctx, grad_out, grad_hn, _g_gates, _g_hn):
     if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
         H = out.shape[-1]
         r = gates[..., :H]
-        active = C.active_mask(out.shape[0], lengths, out)
-        if active is not None:                           # workspaces are unspecified past the end
-            r = torch.where(active, r, 0.0)
         # d(h·W_hnᵀ + b_hn) = dn ⊙ r; the r and z blocks equal dxp's.
         dgh = torch.cat([dxp[..., :2 * H].to(r.dtype), dxp[..., 2 * H:].to(r.dtype) * r], dim=-1)
         if ctx.needs_input_grad[2]:

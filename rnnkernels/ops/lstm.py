@@ -71,9 +71,6 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _g_gates, _g_cs):
     if w_hr is not None and ctx.needs_input_grad[4]:
         H = cs.shape[-1]
         hidden = gates[..., 3 * H:] * torch.tanh(cs)     # o ⊙ tanh(c_t), before the projection
-        active = C.active_mask(out.shape[0], lengths, out)
-        if active is not None:                           # workspaces are unspecified past the end
-            hidden = torch.where(active, hidden, 0.0)
         dw_hr = C.sum_over_steps(dh, hidden, w_hr.dtype)
     return dxp, dh0, dc0, dw_hh, dw_hr, None, None, None, None
 

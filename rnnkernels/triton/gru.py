@@ -162,8 +162,8 @@ def forward(xp, h0, w_hh, b_hn, lengths, reverse, save):
     acc = _plan.acc_dtype(dt)
     pl = _plan.make_plan(dev, dt, B, H, H, 3, False)
     out = _plan.empty((T, B, H), dt, dev)
-    gates = _plan.empty((T, B, G) if save else (0,), acc, dev)
-    hn_lin = _plan.empty((T, B, H) if save else (0,), acc, dev)
+    gates = _plan.workspace((T, B, G) if save else (0,), acc, dev, lengths)
+    hn_lin = _plan.workspace((T, B, H) if save else (0,), acc, dev, lengths)
     hbuf = _plan.empty((2, B, H), torch.float32, dev)
     hbuf[0].copy_(h0)
     nb = pl.grid_b(B)
@@ -188,7 +188,7 @@ def forward(xp, h0, w_hh, b_hn, lengths, reverse, save):
             else:
                 launch(0, T, pl.sync)
                 _plan.check_sync(pl, sync)
-    return out, hbuf[T % 2].to(dt), gates, hn_lin
+    return out, hbuf[T % 2].to(dt, copy=True), gates, hn_lin
 
 
 def backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin):

@@ -256,8 +256,8 @@ def forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save):
     proj = w_hr is not None
     pl = _plan.make_plan(dev, dt, B, H, P, 4, proj)
     out = _plan.empty((T, B, P), dt, dev)
-    gates = _plan.empty((T, B, G) if save else (0,), acc, dev)
-    cs = _plan.empty((T, B, H) if save else (0,), acc, dev)
+    gates = _plan.workspace((T, B, G) if save else (0,), acc, dev, lengths)
+    cs = _plan.workspace((T, B, H) if save else (0,), acc, dev, lengths)
     hbuf = _plan.empty((2, B, P), torch.float32, dev)
     cbuf = _plan.empty((2, B, H), torch.float32, dev)
     hbuf[0].copy_(h0)
@@ -289,7 +289,9 @@ def forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save):
                 launch(0, T, 1, int(proj), pl.sync)
                 _plan.check_sync(pl, sync)
     fin = T % 2
-    return out, hbuf[fin].to(dt), cbuf[fin].to(dt), gates, cs
+    # copies: a view into the ping-pong buffers would alias them and carry a storage offset
+    # that the op's fake impl (a fresh tensor) does not have
+    return out, hbuf[fin].to(dt, copy=True), cbuf[fin].to(dt, copy=True), gates, cs
 
 
 def backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out, gates, cs):
@@ -330,4 +332,4 @@ def backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, o
             else:
                 launch(T - 1, T + 1, 1, 1, pl.sync)
                 _plan.check_sync(pl, sync)
-    return dxp, dh0, dc[0].to(dt), dh_all
+    return dxp, dh0, dc[0].to(dt, copy=True), dh_all

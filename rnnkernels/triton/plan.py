@@ -222,6 +222,15 @@ def empty(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def workspace(shape, dtype, device, lengths) -> torch.Tensor:
+    """A saved workspace. The kernels write active steps only; with lengths the rest is zeroed,
+    so the op's outputs are a function of its inputs (opcheck, AOT autograd recomputation)."""
+    t = empty(shape, dtype, device)
+    if lengths is not None and t.numel():
+        t.zero_()
+    return t
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 

@@ -137,7 +137,7 @@ def forward(xp, h0, w_hh, lengths, reverse, relu):
             else:
                 launch(0, T, pl.sync)
                 _plan.check_sync(pl, sync)
-    return out, hbuf[T % 2].to(dt)
+    return out, hbuf[T % 2].to(dt, copy=True)
 
 
 def backward(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):

@@ -1,0 +1,204 @@
+"""The compiled backends ``cpu`` and ``cuda``: thin wrappers over ``torch.ops.rnnkernels_C``.
+
+The extension ``rnnkernels._C`` (built by ``setup.py`` from ``csrc/`` and ``python/``) registers
+the six functions of the backend contract (``docs/BACKENDS.md``) as torch ops in the namespace
+``rnnkernels_C``, with a CPU and, when built with CUDA, a CUDA implementation. This module loads
+it and exposes two backend objects with the contract's signatures::
+
+    >>> from rnnkernels import ext
+    >>> ext.AVAILABLE, ext.cpu.NAME
+    (True, 'cpu')
+    >>> out, h_n, c_n, gates, cs = ext.cpu.lstm_forward(xp, h0, c0, w_hh, None, None, False, True)
+
+If the extension cannot be imported (not built, or built against another torch), the package
+still imports: ``AVAILABLE`` is False, ``ERROR`` says why, and ``supports()`` of both backends
+returns that reason so ``backend="auto"`` routes elsewhere.
+
+Process-wide switches (mostly for tests and benchmarks), see ``set_option``:
+``cpu_path`` = auto | gemm | fused, ``cuda_path`` = auto | step | persistent,
+``cpu_isa`` = auto | avx2 | generic.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (loading it registers torch.ops.rnnkernels_C.*)
+    AVAILABLE = True
+    ERROR = None
+except Exception as exc:  # ImportError, or an undefined symbol from a torch version mismatch
+    AVAILABLE = False
+    ERROR = (f"{type(exc).__name__}: {exc} (build it with "
+             "`pip install -v --no-build-isolation -e .`; the output says why it was not built)")
+
+_DTYPES = {
+    "cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+    "cuda": (torch.float32, torch.float16, torch.bfloat16),
+}
+
+
+def _ops():
+    return torch.ops.rnnkernels_C
+
+
+def has_cuda() -> bool:
+    """Whether the extension was built with its CUDA kernels."""
+    return AVAILABLE and bool(_ops().has_cuda())
+
+
+def set_option(name: str, value: str) -> None:
+    """Set a process-wide option of the extension (``cpu_path``, ``cuda_path``, ``cpu_isa``)."""
+    _require()
+    _ops().set_option(name, value)
+
+
+def get_option(name: str) -> str:
+    _require()
+    return _ops().get_option(name)
+
+
+@contextlib.contextmanager
+def option(name: str, value: str):
+    """Temporarily set an option: ``with ext.option("cpu_path", "fused"): ...``."""
+    old = get_option(name)  # for cpu_isa the ISA in use, which set_option accepts back
+    set_option(name, value)
+    try:
+        yield
+    finally:
+        set_option(name, old)
+
+
+def _require() -> None:
+    if not AVAILABLE:
+        raise RuntimeError(f"rnnkernels: the compiled extension rnnkernels._C is not available: "
+                           f"{ERROR}")
+
+
+class _Backend:
+    """One device's view of the extension, with the six contract functions."""
+
+    def __init__(self, name: str):
+        self.NAME = name
+
+    def __repr__(self) -> str:
+        return f"<rnnkernels backend {self.NAME!r} (rnnkernels._C, available={AVAILABLE})>"
+
+    def supports(self, device_type: str, dtype: torch.dtype, **sizes) -> str | None:
+        """None if this backend can run the case, else the reason (see docs/BACKENDS.md)."""
+        if not AVAILABLE:
+            return f"the compiled extension rnnkernels._C is not available: {ERROR}"
+        if device_type != self.NAME:
+            return f"the {self.NAME} backend runs {self.NAME} tensors only, not {device_type}"
+        if self.NAME == "cuda":
+            if not has_cuda():
+                return "rnnkernels._C was built without CUDA kernels"
+            if not torch.cuda.is_available():
+                return "no CUDA device is available"
+        if dtype not in _DTYPES[self.NAME]:
+            names = ", ".join(str(d).replace("torch.", "") for d in _DTYPES[self.NAME])
+            return f"the {self.NAME} backend does not support dtype {dtype} (supported: {names})"
+        return None
+
+    def _check(self, fn: str, ref: torch.Tensor) -> None:
+        _require()
+        if ref.device.type != self.NAME:
+            raise RuntimeError(f"rnnkernels {self.NAME} backend: {fn} got tensors on {ref.device}; "
+                               f"it runs {self.NAME} tensors only")
+        if self.NAME == "cuda" and not has_cuda():
+            raise RuntimeError("rnnkernels cuda backend: rnnkernels._C was built without CUDA")
+
+    # ------------------------------------------------------------------------ forwards
+    def lstm_forward(self, xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
+        """-> out [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H] (acc), cs [T,B,H] (acc)."""
+        self._check("lstm_forward", xp)
+        return tuple(_ops().lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, bool(reverse),
+                                         bool(save)))
+
+    def gru_forward(self, xp, h0, w_hh, b_hn, lengths, reverse, save=True):
+        """-> out [T,B,H], h_n [B,H], gates [T,B,3H] (acc), hn_lin [T,B,H] (acc)."""
+        self._check("gru_forward", xp)
+        return tuple(_ops().gru_forward(xp, h0, w_hh, b_hn, lengths, bool(reverse), bool(save)))
+
+    def rnn_forward(self, xp, h0, w_hh, lengths, reverse, relu, save=True):
+        """-> out [T,B,H], h_n [B,H]."""
+        self._check("rnn_forward", xp)
+        return tuple(_ops().rnn_forward(xp, h0, w_hh, lengths, bool(reverse), bool(relu),
+                                        bool(save)))
+
+    # ----------------------------------------------------------------------- backwards
+    def lstm_backward(self, grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out,
+                      gates, cs):
+        """-> dxp [T,B,4H], dh0 [B,P], dc0 [B,H], dh [T,B,P] (acc; empty without w_hr)."""
+        self._check("lstm_backward", h0)
+        return tuple(_ops().lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths,
+                                          bool(reverse), out, gates, cs))
+
+    def gru_backward(self, grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates,
+                     hn_lin):
+        """-> dxp [T,B,3H], dh0 [B,H]."""
+        self._check("gru_backward", h0)
+        return tuple(_ops().gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths,
+                                         bool(reverse), out, gates, hn_lin))
+
+    def rnn_backward(self, grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
+        """-> dxp [T,B,H], dh0 [B,H]."""
+        self._check("rnn_backward", h0)
+        return tuple(_ops().rnn_backward(grad_out, grad_hn, h0, w_hh, lengths, bool(reverse),
+                                         bool(relu), out))
+
+
+cpu = _Backend("cpu")
+cuda = _Backend("cuda")
+
+
+# ------------------------------------------------------------------- fake (meta) kernels
+# Shapes only, so torch.library.opcheck / FakeTensor tracing can see through the ops.
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _ws(ref, shape, save):
+    return ref.new_empty(shape if save else (0,), dtype=_acc(ref.dtype))
+
+
+def _register_fakes() -> None:
+    lib = "rnnkernels_C::"
+
+    @torch.library.register_fake(lib + "lstm_forward")
+    def _(xp, h0, c0, w_hh, w_hr, lengths, reverse, save):
+        T, B, G = xp.shape
+        P = h0.shape[1]
+        return (xp.new_empty((T, B, P)), xp.new_empty((B, P)), xp.new_empty((B, G // 4)),
+                _ws(xp, (T, B, G), save), _ws(xp, (T, B, G // 4), save))
+
+    @torch.library.register_fake(lib + "gru_forward")
+    def _(xp, h0, w_hh, b_hn, lengths, reverse, save):
+        T, B, G = xp.shape
+        return (xp.new_empty((T, B, G // 3)), xp.new_empty((B, G // 3)),
+                _ws(xp, (T, B, G), save), _ws(xp, (T, B, G // 3), save))
+
+    @torch.library.register_fake(lib + "rnn_forward")
+    def _(xp, h0, w_hh, lengths, reverse, relu, save):
+        T, B, H = xp.shape
+        return xp.new_empty((T, B, H)), xp.new_empty((B, H))
+
+    @torch.library.register_fake(lib + "lstm_backward")
+    def _(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out, gates, cs):
+        T, B, G = gates.shape
+        dh = gates.new_empty((T, B, h0.shape[1]) if w_hr is not None else (0,))
+        return h0.new_empty((T, B, G)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), dh
+
+    @torch.library.register_fake(lib + "gru_backward")
+    def _(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin):
+        T, B, G = gates.shape
+        return h0.new_empty((T, B, G)), h0.new_empty(h0.shape)
+
+    @torch.library.register_fake(lib + "rnn_backward")
+    def _(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
+        return out.new_empty(out.shape), h0.new_empty(h0.shape)
+
+
+if AVAILABLE:
+    _register_fakes()
