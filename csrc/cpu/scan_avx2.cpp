@@ -1,0 +1,29 @@
+// The CPU scans compiled for AVX2 + FMA, chosen at run time by scan_dispatch.cpp when the CPU
+// has both. The target pragma covers only the kernels: every standard header is included before
+// it, so no inline library function is emitted with AVX2 code that a generic caller could link
+// against (the kernel helpers themselves are always inlined or have internal linkage).
+#if defined(__x86_64__) || defined(__i386__)
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define RNNK_CPU_ISA avx2
+#include "scan_impl.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif

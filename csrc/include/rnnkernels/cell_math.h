@@ -1,0 +1,130 @@
+// rnnkernels/cell_math.h — the gate math of every cell and its derivative, for C++ and CUDA.
+//
+// This header is the single source of the cell formulas for the compiled kernels (csrc/cpu and
+// csrc/cuda); rnnkernels/triton/cell.py mirrors it for Triton under the same names, and the
+// reference backend (rnnkernels/reference/scan.py) is written independently so a mistake shared
+// by the kernels still shows up in the tests. No torch, no Python, no CUDA headers: it compiles
+// with g++ alone and with nvcc for host and device.
+//
+// (Constants are written as integer literals, `1 - x`, because a GCC vector type cannot be
+// constructed from a scalar as `T(1)`, while `1 - v` broadcasts.)
+//
+// Every function is a template over the value type `T` and a math policy `M` that supplies the
+// activations (`M::sigmoid`, `M::tanh`, `M::relu`, `M::relu_mask`). `T` is a scalar (float,
+// double) for CUDA and the C++ tests, or a SIMD vector for the CPU kernels (csrc/cpu/simd.h),
+// where the policy evaluates the activations lane-wise with vectorised polynomials. Keeping the
+// policy a template argument (instead of overloads found by lookup) makes the formulas identical
+// for every backend that includes this file.
+//
+// Notation (torch's definitions, see docs/BACKENDS.md). Pre-activations come in as sums
+// xp_t + h_{t-1}·W_hhᵀ; the derivatives take the *activated* gates saved by the forward pass.
+#pragma once
+
+#if defined(__CUDACC__)
+#define RNNK_HOST_DEVICE __host__ __device__
+#define RNNK_INLINE __forceinline__
+#else
+#include <cmath>
+#define RNNK_HOST_DEVICE
+// Always inlined: the CPU kernels are compiled once per instruction set (csrc/cpu), and an
+// out-of-line copy compiled for AVX2 must never be the one a generic caller links against.
+#define RNNK_INLINE inline __attribute__((always_inline))
+#endif
+
+namespace rnnk {
+
+// Activations with the platform's accurate libm (host) or CUDA math library (device). Used by the
+// CUDA kernels, by the scalar tails of the CPU kernels' tests and as the C++ tests' ground truth.
+struct ExactMath {
+  static RNNK_HOST_DEVICE RNNK_INLINE float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+  static RNNK_HOST_DEVICE RNNK_INLINE double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+  static RNNK_HOST_DEVICE RNNK_INLINE float tanh(float x) { return tanhf(x); }
+  static RNNK_HOST_DEVICE RNNK_INLINE double tanh(double x) { return ::tanh(x); }
+  template <class T>
+  static RNNK_HOST_DEVICE RNNK_INLINE T relu(T x) { return x > T(0) ? x : T(0); }
+  // v where h > 0, else 0: the ReLU derivative expressed through the saved output h = relu(pre)
+  // (h > 0 exactly where pre > 0), so the backward needs no saved pre-activation.
+  template <class T>
+  static RNNK_HOST_DEVICE RNNK_INLINE T relu_mask(T h, T v) { return h > T(0) ? v : T(0); }
+};
+
+// ------------------------------------------------------------------------------------- LSTM
+// Forward, gate order i, f, g, o:
+//   i = σ(g_i)  f = σ(g_f)  u = tanh(g_g)  o = σ(g_o)
+//   c_t = f ⊙ c_{t-1} + i ⊙ u          h_t = o ⊙ tanh(c_t)
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE void lstm_forward(T gi, T gf, T gg, T go, T c_prev, T& i, T& f,
+                                               T& u, T& o, T& c, T& h) {
+  i = M::sigmoid(gi);
+  f = M::sigmoid(gf);
+  u = M::tanh(gg);
+  o = M::sigmoid(go);
+  c = f * c_prev + i * u;
+  h = o * M::tanh(c);
+}
+
+// Backward of one step. In: dh = ∂L/∂h_t (the unprojected hidden, total: output + recurrent
+// gradient), dc = ∂L/∂c_t carried from step t+1, the activated gates i, f, u, o, the cell c_t and
+// c_{t-1}. Out: the gradients of the four pre-activations and ∂L/∂c_{t-1}:
+//   dc_t = dc + dh ⊙ o ⊙ (1 - tanh²c_t)
+//   d g_i = dc_t ⊙ u ⊙ i(1-i)     d g_f = dc_t ⊙ c_{t-1} ⊙ f(1-f)
+//   d g_g = dc_t ⊙ i ⊙ (1-u²)     d g_o = dh ⊙ tanh(c_t) ⊙ o(1-o)
+//   dc_{t-1} = dc_t ⊙ f
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE void lstm_backward(T dh, T dc, T i, T f, T u, T o, T c, T c_prev,
+                                                T& dgi, T& dgf, T& dgg, T& dgo, T& dc_prev) {
+  const T tc = M::tanh(c);
+  const T dct = dc + dh * o * (1 - tc * tc);
+  dgi = dct * u * i * (1 - i);
+  dgf = dct * c_prev * f * (1 - f);
+  dgg = dct * i * (1 - u * u);
+  dgo = dh * tc * o * (1 - o);
+  dc_prev = dct * f;
+}
+
+// -------------------------------------------------------------------------------------- GRU
+// Forward, gate order r, z, n. a_* = the input part xp_t, b_* = the hidden part h_{t-1}·W_hhᵀ,
+// with b_hn already added to the n block (hn_lin = W_hn h_{t-1} + b_hn, the value r multiplies):
+//   r = σ(a_r + b_r)   z = σ(a_z + b_z)   n = tanh(a_n + r ⊙ hn_lin)
+//   h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE void gru_forward(T ar, T az, T an, T br, T bz, T hn_lin, T h_prev,
+                                              T& r, T& z, T& n, T& h) {
+  r = M::sigmoid(ar + br);
+  z = M::sigmoid(az + bz);
+  n = M::tanh(an + r * hn_lin);
+  h = n + z * (h_prev - n);  // = (1-z)⊙n + z⊙h_{t-1}, one rounding fewer
+}
+
+// Backward of one step. In: dh = ∂L/∂h_t (total), the activated r, z, n, hn_lin and h_{t-1}.
+// Out:
+//   dn  = dh ⊙ (1-z) ⊙ (1-n²)              (gradient of a_n + r⊙hn_lin, i.e. of a_n)
+//   dz  = dh ⊙ (h_{t-1} - n) ⊙ z(1-z)
+//   dr  = dn ⊙ hn_lin ⊙ r(1-r)
+//   dhn = dn ⊙ r                           (gradient of hn_lin: what W_hn and b_hn see)
+//   dh_direct = dh ⊙ z                     (the part of ∂L/∂h_{t-1} not through W_hh)
+// ∂L/∂h_{t-1} = dh_direct + [dr, dz, dhn]·W_hh.
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE void gru_backward(T dh, T r, T z, T n, T hn_lin, T h_prev, T& dr,
+                                               T& dz, T& dn, T& dhn, T& dh_direct) {
+  dn = dh * (1 - z) * (1 - n * n);
+  dz = dh * (h_prev - n) * z * (1 - z);
+  dr = dn * hn_lin * r * (1 - r);
+  dhn = dn * r;
+  dh_direct = dh * z;
+}
+
+// ------------------------------------------------------------------------------- Elman RNN
+// h_t = tanh(pre) or relu(pre), pre = xp_t + h_{t-1}·W_hhᵀ.
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE T rnn_forward(T pre, bool relu) {
+  return relu ? M::relu(pre) : M::tanh(pre);
+}
+
+// d pre = dh ⊙ act'(pre), written through the saved output h: tanh' = 1 - h², relu' = [h > 0].
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE T rnn_backward(T dh, T h, bool relu) {
+  return relu ? M::relu_mask(h, dh) : dh * (1 - h * h);
+}
+
+}  // namespace rnnk

@@ -1,0 +1,321 @@
+"""The compiled ``cpu`` backend (rnnkernels._C via rnnkernels.ext) against the reference backend.
+
+Function level, docs/BACKENDS.md: the six functions for every cell (LSTM, LSTM with projection,
+GRU with and without b_hn, RNN tanh/relu), forward + backward, unsorted lengths (with L=1 and
+L=T), reverse, odd sizes (H=1, H=33, T=1, T=63), in float32 (normwise ≤ 1e-5 of the reference),
+float64 (≤ 1e-10) and bfloat16/float16 (relative RMS against the fp32-accumulating reference).
+Both CPU paths (per-step GEMM, fused small-batch kernel) and both instruction-set builds are
+forced in turn. The extension's ``poison`` option fills every output and scratch buffer with NaN
+before the kernels run, so an element a kernel does not write fails the comparison; padded
+positions of ``out`` / ``dxp`` must be exact zeros.
+
+The helpers here are shared with tests/test_cuda_backend.py.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rnnkernels import ext
+from rnnkernels.reference import scan as ref
+
+pytestmark = pytest.mark.skipif(not ext.AVAILABLE, reason=f"rnnkernels._C not built: {ext.ERROR}")
+
+# cell id -> (kind, options)
+CELLS = {
+    "LSTM": ("lstm", {}),
+    "LSTM-proj": ("lstm", {"proj": True}),
+    "GRU": ("gru", {"bias": True}),
+    "GRU-nobias": ("gru", {"bias": False}),
+    "RNN-tanh": ("rnn", {"relu": False}),
+    "RNN-relu": ("rnn", {"relu": True}),
+}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+# id, T, B, H, lengths ("all" | "unsorted"), reverse
+SHAPES = [
+    ("T63-B3-H33", 63, 3, 33, "all", False),
+    ("T63-B3-H33-len-rev", 63, 3, 33, "unsorted", True),
+    ("T1-B2-H16", 1, 2, 16, "all", False),
+    ("T5-B4-H1-len", 5, 4, 1, "unsorted", False),
+    ("T9-B5-H8-rev", 9, 5, 8, "all", True),
+    ("T7-B20-H24-len-rev", 7, 20, 24, "unsorted", True),
+]
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+class Case:
+    """Inputs of one scan (forward and backward) in the contract's layout."""
+
+    def __init__(self, cell, T, B, H, lengths, reverse, dtype, device, seed=0):
+        self.kind, opts = CELLS[cell]
+        self.relu = opts.get("relu", False)
+        self.T, self.B, self.H = T, B, H
+        self.P = max(1, (2 * H) // 3) if opts.get("proj") else H
+        self.reverse = reverse
+        G = GATES[self.kind] * H
+        gen = torch.Generator().manual_seed(seed)
+
+        def rnd(*shape, scale=1.0):
+            return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(
+                device=device, dtype=dtype)
+
+        k = 1.0 / math.sqrt(self.P)
+        self.xp = rnd(T, B, G)
+        self.h0 = rnd(B, self.P, scale=0.5)
+        self.c0 = rnd(B, H, scale=0.5)
+        self.w_hh = rnd(G, self.P, scale=k)
+        self.w_hr = rnd(self.P, H, scale=1.0 / math.sqrt(H)) if opts.get("proj") else None
+        self.b_hn = rnd(H, scale=0.3) if opts.get("bias") else None
+        if lengths == "unsorted" and B > 1:
+            L = torch.randint(1, T + 1, (B,), generator=gen)
+            L[B // 2] = T           # one full-length sequence ...
+            L[-1] = 1               # ... one of length 1, not in sorted order
+            if B > 2:
+                L[0] = max(1, T // 2)
+            self.lengths = L.to(device)
+        else:
+            self.lengths = None
+        self.gout = rnd(T, B, self.P)
+        self.ghn = rnd(B, self.P)
+        self.gcn = rnd(B, H)
+
+    def active(self):
+        """[T, B, 1] bool: True at positions t < L_b."""
+        t = torch.arange(self.T, device=self.xp.device)[:, None]
+        L = self.lengths if self.lengths is not None else torch.full(
+            (self.B,), self.T, device=self.xp.device)
+        return (t < L[None, :]).unsqueeze(-1)
+
+    def forward(self, backend, save=True):
+        if self.kind == "lstm":
+            return backend.lstm_forward(self.xp, self.h0, self.c0, self.w_hh, self.w_hr,
+                                        self.lengths, self.reverse, save)
+        if self.kind == "gru":
+            return backend.gru_forward(self.xp, self.h0, self.w_hh, self.b_hn, self.lengths,
+                                       self.reverse, save)
+        return backend.rnn_forward(self.xp, self.h0, self.w_hh, self.lengths, self.reverse,
+                                   self.relu, save)
+
+    def backward(self, backend, fwd):
+        if self.kind == "lstm":
+            out, _, _, gates, cs = fwd
+            return backend.lstm_backward(self.gout, self.ghn, self.gcn, self.h0, self.c0,
+                                         self.w_hh, self.w_hr, self.lengths, self.reverse, out,
+                                         gates, cs)
+        if self.kind == "gru":
+            out, _, gates, hn_lin = fwd
+            return backend.gru_backward(self.gout, self.ghn, self.h0, self.w_hh, self.b_hn,
+                                        self.lengths, self.reverse, out, gates, hn_lin)
+        out = fwd[0]
+        return backend.rnn_backward(self.gout, self.ghn, self.h0, self.w_hh, self.lengths,
+                                    self.reverse, self.relu, out)
+
+
+def error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Normwise error: max |got - want| / max |want| (fp32/fp64), or the relative RMS for
+    half types, where single elements legitimately differ by one rounding."""
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    g, w = got.double().cpu(), want.double().cpu()
+    if not torch.isfinite(g).all():
+        return math.inf
+    if got.dtype in (torch.float16, torch.bfloat16):
+        return float((g - w).norm() / w.norm().clamp_min(1e-12))
+    return float((g - w).abs().max() / w.abs().max().clamp_min(1e-6))
+
+
+def check_case(case: Case, backend, dtype) -> None:
+    """Forward + backward of ``backend`` against the reference backend on the same inputs."""
+    tol = TOL[dtype]
+    mine = case.forward(backend, save=True)
+    want = case.forward(ref, save=True)
+    act = case.active()
+    names = {"lstm": ("out", "h_n", "c_n", "gates", "cs"),
+             "gru": ("out", "h_n", "gates", "hn_lin"), "rnn": ("out", "h_n")}[case.kind]
+    for name, a, b in zip(names, mine, want):
+        if name in ("gates", "cs", "hn_lin"):   # workspaces: specified at active positions only
+            assert a.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+            a, b = torch.where(act, a, 0.0), torch.where(act, b, 0.0)
+        e = error(a, b)
+        assert e <= tol, f"forward {name}: error {e:.3g} > {tol}"
+    out = mine[0]
+    assert (out[~act.expand_as(out)] == 0).all(), "out is not exactly 0 past the sequence ends"
+
+    dmine = case.backward(backend, mine)
+    dwant = case.backward(ref, want)
+    bnames = {"lstm": ("dxp", "dh0", "dc0", "dh"), "gru": ("dxp", "dh0"),
+              "rnn": ("dxp", "dh0")}[case.kind]
+    for name, a, b in zip(bnames, dmine, dwant):
+        if name == "dh" and case.w_hr is None:
+            assert a.numel() == 0
+            continue
+        e = error(a, b)
+        # the backward's dh0 of an LSTM sums 4 gate gradients through W_hh: allow 2 ulp more
+        assert e <= tol * (2 if dtype == torch.float32 else 1), \
+            f"backward {name}: error {e:.3g} > {tol}"
+    dxp = dmine[0]
+    assert (dxp[~act.expand_as(dxp)] == 0).all(), "dxp is not exactly 0 past the sequence ends"
+
+
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="module")
+def _poison():
+    ext.set_option("poison", "1")
+    yield
+    ext.set_option("poison", "0")
+
+
+def _ids(params):
+    return [p[0] for p in params]
+
+
+CONFIGS = [  # id, dtype, cpu_path, isa
+    ("fp32-gemm", torch.float32, "gemm", "auto"),
+    ("fp32-fused", torch.float32, "fused", "auto"),
+    ("fp64", torch.float64, "auto", "auto"),
+    ("bf16", torch.bfloat16, "auto", "auto"),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids(CONFIGS))
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_cpu_vs_reference(cell, shape, config):
+    _, T, B, H, lengths, reverse = shape
+    _, dtype, path, isa = config
+    if path == "fused" and cell == "LSTM-proj":
+        pytest.skip("the fused CPU path has no projection (auto routes it to the GEMM path)")
+    case = Case(cell, T, B, H, lengths, reverse, dtype, "cpu")
+    with ext.option("cpu_path", path), ext.option("cpu_isa", isa):
+        check_case(case, ext.cpu, dtype)
+
+
+GENERIC = [
+    ("T63-B3-H33-len-rev", 63, 3, 33, "unsorted", True),
+    ("T7-B20-H24-len-rev", 7, 20, 24, "unsorted", True),
+]
+
+
+@pytest.mark.parametrize("path", ["gemm", "fused"])
+@pytest.mark.parametrize("shape", GENERIC, ids=_ids(GENERIC))
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_cpu_generic_isa(cell, shape, path):
+    """The build without AVX2 (what a CPU without AVX2/FMA runs) gives the same results."""
+    _, T, B, H, lengths, reverse = shape
+    if path == "fused" and cell == "LSTM-proj":
+        pytest.skip("no fused projection")
+    case = Case(cell, T, B, H, lengths, reverse, torch.float32, "cpu", seed=1)
+    with ext.option("cpu_path", path), ext.option("cpu_isa", "generic"):
+        assert ext.get_option("cpu_isa") == "generic"
+        check_case(case, ext.cpu, torch.float32)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN-tanh"])
+def test_cpu_float16(cell):
+    case = Case(cell, 17, 3, 12, "unsorted", True, torch.float16, "cpu", seed=2)
+    check_case(case, ext.cpu, torch.float16)
+
+
+@pytest.mark.parametrize("path", ["gemm", "fused"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN-relu"])
+def test_inference_has_no_workspaces(cell, path):
+    case = Case(cell, 6, 3, 10, "unsorted", False, torch.float32, "cpu")
+    with ext.option("cpu_path", path):
+        full = case.forward(ext.cpu, save=True)
+        inf = case.forward(ext.cpu, save=False)
+    for a, b in zip(full[:2], inf[:2]):
+        assert torch.equal(a, b)
+    for ws in inf[3 if case.kind == "lstm" else 2:]:
+        assert ws.numel() == 0
+    if case.kind != "rnn":
+        with pytest.raises(RuntimeError, match="save=False"):
+            case.backward(ext.cpu, inf)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_paths_and_thread_counts_agree(cell):
+    """GEMM path, fused path, 1 and 2 threads: same numbers up to fp32 rounding; the fused path
+    is bitwise independent of the thread count (a thread's rows are summed in one order)."""
+    case = Case(cell, 20, 4, 40, "unsorted", True, torch.float32, "cpu", seed=3)
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for path in ("gemm", "fused"):
+            for nt in (1, 2):
+                torch.set_num_threads(nt)
+                with ext.option("cpu_path", path):
+                    fwd = case.forward(ext.cpu)
+                    results[path, nt] = (fwd[0], case.backward(ext.cpu, fwd)[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results["fused", 1][0], results["fused", 2][0])
+    assert torch.equal(results["fused", 1][1], results["fused", 2][1])
+    for key, (out, dxp) in results.items():
+        assert error(out, results["fused", 1][0]) < 1e-5, key
+        assert error(dxp, results["fused", 1][1]) < 1e-5, key
+
+
+def test_errors_name_the_backend_and_the_argument():
+    case = Case("LSTM", 4, 2, 8, "all", False, torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match=r"cpu backend: lstm_forward: h0 has shape"):
+        ext.cpu.lstm_forward(case.xp, case.h0[:1], case.c0, case.w_hh, None, None, False, True)
+    with pytest.raises(RuntimeError, match=r"c0 has dtype"):
+        ext.cpu.lstm_forward(case.xp, case.h0, case.c0.double(), case.w_hh, None, None, False, True)
+    with pytest.raises(RuntimeError, match=r"lengths\[1\] = 5 is outside \[1, T = 4\]"):
+        ext.cpu.lstm_forward(case.xp, case.h0, case.c0, case.w_hh, None, torch.tensor([1, 5]),
+                             False, True)
+    with pytest.raises(RuntimeError, match=r"lengths must be int64"):
+        ext.cpu.lstm_forward(case.xp, case.h0, case.c0, case.w_hh, None,
+                             torch.tensor([1, 2], dtype=torch.int32), False, True)
+    with pytest.raises(RuntimeError, match=r"4\*hidden_size"):
+        ext.cpu.lstm_forward(case.xp[..., :-1], case.h0, case.c0, case.w_hh, None, None, False,
+                             True)
+    with pytest.raises(RuntimeError, match=r"unsupported dtype"):
+        ext.cpu.rnn_forward(case.xp.int(), case.h0.int(), case.w_hh.int(), None, False, False,
+                            True)
+    with pytest.raises(RuntimeError, match=r"cpu_path must be"):
+        ext.set_option("cpu_path", "fast")
+
+
+def test_supports():
+    assert ext.cpu.NAME == "cpu" and ext.cuda.NAME == "cuda"
+    assert ext.cpu.supports("cpu", torch.float32, T=5, B=2, H=8, I=3, P=8) is None
+    assert ext.cpu.supports("cpu", torch.bfloat16) is None
+    assert "dtype" in ext.cpu.supports("cpu", torch.int64)
+    assert "cpu" in ext.cpu.supports("cuda", torch.float32)
+    assert ext.cuda.supports("cpu", torch.float32) is not None
+    assert ext.cuda.supports("cuda", torch.float64) is not None  # no fp64 CUDA kernels
+
+
+OPS = {
+    "lstm_forward": lambda c: (c.xp, c.h0, c.c0, c.w_hh, c.w_hr, c.lengths, c.reverse, True),
+    "gru_forward": lambda c: (c.xp, c.h0, c.w_hh, c.b_hn, c.lengths, c.reverse, True),
+    "rnn_forward": lambda c: (c.xp, c.h0, c.w_hh, c.lengths, c.reverse, c.relu, True),
+}
+
+
+@pytest.mark.parametrize("op,cell", [("lstm_forward", "LSTM-proj"), ("gru_forward", "GRU"),
+                                     ("rnn_forward", "RNN-relu")])
+def test_opcheck(op, cell):
+    """Schema and fake (meta) kernels of the rnnkernels_C ops, forward and backward."""
+    case = Case(cell, 5, 3, 6, "unsorted", True, torch.float32, "cpu")
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(getattr(torch.ops.rnnkernels_C, op).default, OPS[op](case),
+                          test_utils=utils)
+    fwd = case.forward(ext.cpu)
+    bwd_op = op.replace("forward", "backward")
+    if case.kind == "lstm":
+        args = (case.gout, case.ghn, case.gcn, case.h0, case.c0, case.w_hh, case.w_hr,
+                case.lengths, case.reverse, fwd[0], fwd[3], fwd[4])
+    elif case.kind == "gru":
+        args = (case.gout, case.ghn, case.h0, case.w_hh, case.b_hn, case.lengths, case.reverse,
+                fwd[0], fwd[2], fwd[3])
+    else:
+        args = (case.gout, case.ghn, case.h0, case.w_hh, case.lengths, case.reverse, case.relu,
+                fwd[0])
+    torch.library.opcheck(getattr(torch.ops.rnnkernels_C, bwd_op).default, args,
+                          test_utils=utils)
