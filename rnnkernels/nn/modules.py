@@ -69,8 +69,13 @@ class _RNNBaseMixin(_BackendMixin):
         dirs = 2 if self.bidirectional else 1
         return torch.zeros(self.num_layers * dirs, batch, size, dtype=ref.dtype, device=ref.device)
 
+    def _weights(self) -> list[Tensor]:
+        # Read the parameters by name on every call rather than through torch's cached
+        # _flat_weights (which forward would have to refresh by assignment): no module state is
+        # written during forward, so torch.export and functional_call see pure reads.
+        return [getattr(self, name) for name in self._flat_weights_names]
+
     def forward(self, input, hx=None):
-        self._update_flat_weights()
         is_lstm = self.mode == "LSTM"
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
@@ -140,7 +145,7 @@ class LSTM(_RNNBaseMixin, torch.nn.LSTM):
         self._set_backend(backend)
 
     def _run(self, input, hx, batch_sizes):
-        out, h, c = RF.lstm(input, hx, self._flat_weights, self.bias, self.num_layers,
+        out, h, c = RF.lstm(input, hx, self._weights(), self.bias, self.num_layers,
                             float(self.dropout), self.training, self.bidirectional,
                             self.batch_first, **self._args(batch_sizes))
         return out, (h, c)
@@ -154,7 +159,7 @@ class GRU(_RNNBaseMixin, torch.nn.GRU):
         self._set_backend(backend)
 
     def _run(self, input, hx, batch_sizes):
-        return RF.gru(input, hx, self._flat_weights, self.bias, self.num_layers,
+        return RF.gru(input, hx, self._weights(), self.bias, self.num_layers,
                       float(self.dropout), self.training, self.bidirectional, self.batch_first,
                       **self._args(batch_sizes))
 
@@ -168,7 +173,7 @@ class RNN(_RNNBaseMixin, torch.nn.RNN):
 
     def _run(self, input, hx, batch_sizes):
         fn = RF.rnn_tanh if self.nonlinearity == "tanh" else RF.rnn_relu
-        return fn(input, hx, self._flat_weights, self.bias, self.num_layers,
+        return fn(input, hx, self._weights(), self.bias, self.num_layers,
                   float(self.dropout), self.training, self.bidirectional, self.batch_first,
                   **self._args(batch_sizes))
 
