@@ -63,9 +63,10 @@ def _extension():
     sources = _rel("python/ext.cpp") + _rel("python/cpu_ops.cpp") + _rel("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc"),
                     os.path.join(ROOT, "python")]
-    # -O3 for the vector code, -g0 to halve the build time of the ATen-heavy files; OpenMP for the kernels' thread teams (the extension shares
-    # torch's libgomp, already loaded, so torch.set_num_threads governs both). No -ffast-math:
-    # the kernels rely on IEEE rounding (the exp range reduction) and NaN propagation.
+    # -O3 for the vector code; -g0 to halve the build time of the ATen-heavy files; OpenMP for the
+    # kernels' thread teams (the extension shares torch's libgomp, already loaded, so
+    # torch.set_num_threads governs both). No -ffast-math: the kernels rely on IEEE rounding (the
+    # exp range reduction) and NaN propagation.
     cxx = ["-O3", "-g0", "-fopenmp", "-Wall", "-Wno-psabi", "-Wno-unknown-pragmas"]
     define_macros = []
     if with_cuda:

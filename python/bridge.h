@@ -75,7 +75,8 @@ struct Checker {
   Tensor lengths(const OptTensor& lengths, int64_t T, int64_t B) const {
     if (!lengths.has_value() || !lengths->defined()) return Tensor();
     const Tensor& l = *lengths;
-    TORCH_CHECK(l.scalar_type() == at::kLong, who, ": lengths must be int64, got ", l.scalar_type());
+    TORCH_CHECK(l.scalar_type() == at::kLong, who, ": lengths must be int64, got ",
+                l.scalar_type());
     TORCH_CHECK(l.dim() == 1 && l.size(0) == B, who, ": lengths must have shape [", B, "], got ",
                 l.sizes());
     TORCH_CHECK(l.device().type() == device, who, ": lengths is on ", l.device(),
@@ -91,7 +92,9 @@ struct Checker {
   }
 };
 
-inline const void* ptr(const Tensor& t) { return t.defined() && t.numel() ? t.data_ptr() : nullptr; }
+inline const void* ptr(const Tensor& t) {
+  return t.defined() && t.numel() ? t.data_ptr() : nullptr;
+}
 inline void* mptr(const Tensor& t) { return t.defined() && t.numel() ? t.data_ptr() : nullptr; }
 
 // Allocation of outputs and scratch: uninitialised, or NaN when Options::poison is set.

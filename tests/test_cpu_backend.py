@@ -319,3 +319,24 @@ def test_opcheck(op, cell):
                 fwd[0])
     torch.library.opcheck(getattr(torch.ops.rnnkernels_C, bwd_op).default, args,
                           test_utils=utils)
+
+
+def test_package_imports_without_the_extension():
+    """A missing/broken rnnkernels._C leaves the package importable; both backends say why."""
+    import subprocess
+    import sys
+    code = ("import sys, torch; sys.modules['rnnkernels._C'] = None\n"
+            "import rnnkernels\n"
+            "from rnnkernels import ext\n"
+            "assert not ext.AVAILABLE and 'rnnkernels._C' in ext.ERROR, ext.ERROR\n"
+            "print(ext.cpu.supports('cpu', torch.float32))\n"
+            "print(ext.cuda.supports('cuda', torch.float32))\n"
+            "try:\n"
+            "    ext.cpu.rnn_forward(None, None, None, None, False, False, True)\n"
+            "except RuntimeError as e:\n"
+            "    print('raised', e)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert "not available" in lines[0] and "not available" in lines[1]
+    assert lines[2].startswith("raised") and "not available" in lines[2]

@@ -56,7 +56,7 @@ def test_cuda_vs_reference(cell, shape, path, dtype):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN-tanh"])
 def test_cuda_large_hidden_auto(cell, dtype):
-    """H=256: the fp32 LSTM/GRU W_hh exceeds shared memory (auto → step path), bf16 and RNN fit."""
+    """H=256: W_hh exceeds a block's shared memory (auto → step path) except for the bf16 RNN."""
     case = Case(cell, 12, 6, 256, "unsorted", True, DTYPES[dtype], "cuda", seed=4)
     check_case(case, ext.cuda, DTYPES[dtype])
 

@@ -97,11 +97,12 @@ bool fused_supported(const ScanArgs& a) { return a.w_hr == nullptr && a.P == a.H
 Path choose_path(const ScanArgs& a, bool backward, int max_threads) {
   (void)max_threads;
   if (!fused_supported(a)) return Path::kGemm;
-  // Crossover measured with 2 threads, H = 256, fp32, on an AVX2 (Zen 3) machine against MKL
-  // called through ATen: the fused forward (W_hh rows read once per step, reused by up to three
-  // batch rows in registers) beats the per-step GEMM up to B ≈ 32; the fused backward (column
-  // axpy) up to B ≈ 8-16. Past that MKL's packed, cache-blocked GEMM wins.
-  const int64_t max_batch = backward ? 12 : 24;
+  // Crossover measured with 2 threads, H = 256, fp32, T = 100 on an AVX2 (Zen 3) machine against
+  // MKL called through ATen: the fused forward (register-blocked GEMM on packed W_hh with the
+  // cell update on the accumulators) beats the per-step GEMM + pointwise pass up to B ≈ 64; the
+  // fused backward (column axpy tiles, no packing) up to B ≈ 24-32. Past that MKL's cache-blocked
+  // GEMM wins. The thresholds sit a little below the crossovers.
+  const int64_t max_batch = backward ? 24 : 48;
   return a.sched.B <= max_batch ? Path::kFused : Path::kGemm;
 }
 

@@ -5,18 +5,23 @@
 // Two ways to run a scan (docs/BACKENDS.md has the contract, cell_math.h the formulas):
 //
 // * GEMM path (any size, the only one for an LSTM with projection). Per step the caller's GEMM
-//   callback computes h_{t-1}·W_hhᵀ for the whole batch (MKL/oneDNN through ATen: the fastest GEMM
+//   callback computes h_{t-1}·W_hhᵀ for the whole batch (MKL through ATen: the fastest GEMM there
 //   at large batch), then one fused pointwise pass over batch × hidden, parallel over both with
 //   OpenMP, vectorised, writing the state, the output and the workspaces in place. No tensor is
 //   allocated per step. The backward mirrors it: pointwise pass producing d gates, then one GEMM
 //   accumulating d gates·W_hh into the carried ∂L/∂h.
 //
-// * Fused path (small batch). One OpenMP team lives for the whole sequence; thread k owns a slice
-//   of hidden units and the matching rows of W_hh (G·|slice|·P values, read from its own L2 every
-//   step), computes those rows' dot products with h_{t-1} itself and applies the cell update in
-//   registers. Threads meet once per step at a barrier; the shared h (forward) or d gates
-//   (backward) buffer is double-buffered by step parity so one barrier suffices. This removes the
-//   per-step GEMM call overhead (µs through the dispatcher) that dominates when B is small.
+// * Fused path (small and medium batch). One OpenMP team lives for the whole sequence; thread k
+//   owns a slice of hidden units and the matching rows of W_hh. Forward: the thread packs its rows
+//   once per call into panels (G gates × 8 units contiguous per k) that stay in its L2, and every
+//   step runs a register-blocked micro-GEMM (up to 3-5 batch rows × one panel, h_{t-1}[b][k]
+//   broadcast against the panel's vectors) whose accumulators are exactly the pre-activations of
+//   8 units: the cell update runs on them directly. Backward: the thread turns its units' ∂L/∂h_t
+//   into d gates, then (after a barrier) accumulates its columns of d gates·W_hh with column
+//   tiles over the unpacked W_hh rows. Threads meet once per step at a barrier; the shared h
+//   (forward) or d gates (backward) buffer is double-buffered by step parity so one barrier
+//   suffices. There is no per-step library call (µs each through the dispatcher) and no pass
+//   over a [B, G·H] pre-activation buffer.
 //
 // Time order, lengths, reverse: see Schedule in scan_params.h. An inactive sequence keeps its state
 // and gets exact zeros in `out` / `dxp` at position t = s (each padded position once).
@@ -108,7 +113,7 @@ RNNK_INLINE void lstm_fwd_chunk(const S* x, int64_t H, const typename Types<S>::
   const V gg = vload(x + 2 * H, n) + vload(gh + 2 * gs, n);
   const V go = vload(x + 3 * H, n) + vload(gh + 3 * gs, n);
   V i, f, u, o, cn, hn;
-  lstm_forward<typename T::M>(gi, gf, gg, go, vload(c, n), i, f, u, o, cn, hn);
+  lstm_cell_fwd<typename T::M>(gi, gf, gg, go, vload(c, n), i, f, u, o, cn, hn);
   vstore(c, cn, n);
   vstore(h, hn, n);
   if (out) vstore(out, hn, n);
@@ -132,7 +137,7 @@ RNNK_INLINE void gru_fwd_chunk(const S* x, int64_t H, const typename Types<S>::A
   V hn_lin = vload(gh + 2 * gs, n);
   if (bhn) hn_lin = hn_lin + vload(bhn, n);
   V r, z, nn, hn;
-  gru_forward<typename T::M>(vload(x, n), vload(x + H, n), vload(x + 2 * H, n), vload(gh, n),
+  gru_cell_fwd<typename T::M>(vload(x, n), vload(x + H, n), vload(x + 2 * H, n), vload(gh, n),
                              vload(gh + gs, n), hn_lin, vload(hprev, n), r, z, nn, hn);
   vstore(h, hn, n);
   vstore(out, hn, n);
@@ -148,7 +153,7 @@ template <class S>
 RNNK_INLINE void rnn_fwd_chunk(const S* x, const typename Types<S>::A* gh,
                                typename Types<S>::A* h, S* out, bool relu, int n) {
   using T = Types<S>;
-  const typename T::V hn = rnn_forward<typename T::M>(vload(x, n) + vload(gh, n), relu);
+  const typename T::V hn = rnn_cell_fwd<typename T::M>(vload(x, n) + vload(gh, n), relu);
   vstore(h, hn, n);
   vstore(out, hn, n);
 }
@@ -168,7 +173,7 @@ RNNK_INLINE void lstm_bwd_chunk(const typename Types<S>::A* dh_acc, const S* gou
   if (gout) dh = dh + vload(gout, n);
   const V cprev = cprev_acc ? vload(cprev_acc, n) : vload(cprev_dt, n);
   V di, df, du, dout, dcp;
-  lstm_backward<typename T::M>(dh, vload(dc, n), vload(gts, n), vload(gts + H, n),
+  lstm_cell_bwd<typename T::M>(dh, vload(dc, n), vload(gts, n), vload(gts + H, n),
                                vload(gts + 2 * H, n), vload(gts + 3 * H, n), vload(c_t, n),
                                cprev, di, df, du, dout, dcp);
   vstore(dc, dcp, n);
@@ -193,7 +198,7 @@ RNNK_INLINE void gru_bwd_chunk(typename Types<S>::A* dcarry, const S* gout,
   using V = typename T::V;
   const V dh = vload(dcarry, n) + vload(gout, n);
   V dr, dz, dn, dhn, ddir;
-  gru_backward<typename T::M>(dh, vload(gts, n), vload(gts + H, n), vload(gts + 2 * H, n),
+  gru_cell_bwd<typename T::M>(dh, vload(gts, n), vload(gts + H, n), vload(gts + 2 * H, n),
                               vload(hn_lin, n), vload(hprev, n), dr, dz, dn, dhn, ddir);
   vstore(dcarry, ddir, n);
   vstore(dg, dr, n);
@@ -211,7 +216,7 @@ RNNK_INLINE void rnn_bwd_chunk(typename Types<S>::A* dcarry, const S* gout, cons
   using T = Types<S>;
   using V = typename T::V;
   const V dh = vload(dcarry, n) + vload(gout, n);
-  const V dp = rnn_backward<typename T::M>(dh, vload(hout, n), relu);
+  const V dp = rnn_cell_bwd<typename T::M>(dh, vload(hout, n), relu);
   vstore(dcarry, vzero<V>(), n);
   vstore(dg, dp, n);
   vstore(dxp, dp, n);
@@ -319,7 +324,8 @@ Status forward_gemm_impl(const ScanArgs& a, const StepScratch& w, const GemmCall
     if (!gemm(GemmOp::kGates)) return Status::error(kErrorUnsupported, "gates GEMM failed");
     forward_pointwise_step<C, S>(a, w, s);
     if (C == Cell::kLSTM && a.w_hr) {
-      if (!gemm(GemmOp::kProject)) return Status::error(kErrorUnsupported, "projection GEMM failed");
+      if (!gemm(GemmOp::kProject))
+        return Status::error(kErrorUnsupported, "projection GEMM failed");
       projection_commit<S>(a, w, s);
     }
   }
@@ -453,8 +459,8 @@ struct Panel {
   static constexpr int U = G == 1 ? 2 * L : L;  // hidden units per panel
   static constexpr int UV = U / L;              // vectors of units per panel
   static constexpr int NV = G * UV;             // vectors per packed row (one k)
-  // batch rows per micro-tile: MR·NV ≤ 12 accumulators (+ MR broadcasts + 1 load ≤ 16 ymm)
-  static constexpr int MR = G == 4 ? 2 : (G == 3 ? 4 : 6);
+  // batch rows per micro-tile, measured: MR·NV ≤ 12 accumulators; 4×3 and 6×2 spill with GCC
+  static constexpr int MR = G == 4 ? 3 : (G == 3 ? 3 : 5);
 };
 
 // Packs panels [p0, p1): Wp[p][k][(q·UV + u)·L + l] = W_hh[q·H + p·U + u·L + l][k], zero past H.
@@ -491,7 +497,25 @@ RNNK_INLINE void panel_tile(const A* Wp, const A* const* x, int64_t K, A* out) {
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) acc[r][v] = vzero<V>();
   const A* wk = Wp;
-  for (int64_t k = 0; k < K; ++k, wk += NV * L) {
+  int64_t k = 0;
+  if constexpr (MR == 1) {
+    // One row (batch 1): NV accumulator chains cannot hide the FMA latency; a second set for the
+    // odd k doubles the independent chains.
+    V acc2[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc2[v] = vzero<V>();
+    for (; k + 2 <= K; k += 2, wk += 2 * NV * L) {
+      const V x0 = vsplat<V>(x[0][k]), x1 = vsplat<V>(x[0][k + 1]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) {
+        acc[0][v] += x0 * vld(wk + v * L);
+        acc2[v] += x1 * vld(wk + (NV + v) * L);
+      }
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[0][v] += acc2[v];
+  }
+  for (; k < K; ++k, wk += NV * L) {
     V xb[MR];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) xb[r] = vsplat<V>(x[r][k]);
@@ -579,6 +603,20 @@ Status forward_fused_impl(const ScanArgs& a, const StepScratch& w, int nthreads)
           const int mr = tile_rows(na - i0, PN::MR);
           const A* xs[PN::MR];
           for (int r = 0; r < mr; ++r) xs[r] = cur + act_b[i0 + r] * H;
+          // xp and the workspaces are far too large for the caches and are touched at G
+          // scattered places per row: fetch the next tile's lines while this one computes.
+          if (i0 + mr < na) {
+            const int64_t jn = p * PN::U;
+            for (int64_t i = i0 + mr; i < std::min(na, i0 + 2 * mr); ++i) {
+              const int64_t row = act_t[i] * B + act_b[i];
+              for (int q = 0; q < G; ++q) {
+                __builtin_prefetch(xp + row * GH + q * H + jn);
+                if (gates) __builtin_prefetch(gates + row * GH + q * H + jn, 1);
+              }
+              if (aux) __builtin_prefetch(aux + row * H + jn, 1);
+              __builtin_prefetch(out + row * H + jn, 1);
+            }
+          }
           panel_tile_n<PN::NV, PN::MR, A>(mr, panel, xs, H, pre);
           for (int r = 0; r < mr; ++r) {
             const int64_t b = act_b[i0 + r], t = act_t[i0 + r], row = t * B + b;
@@ -646,10 +684,11 @@ RNNK_INLINE void axpy_tile(const A* W, int64_t ldw, int64_t GH, const A* const* 
     for (int v = 0; v < KV; ++v) vst(D[nb] + k0 + v * L, acc[nb][v]);
 }
 
-// Column vectors per axpy tile for NB batch rows: NB·KV ≤ 12 accumulators.
+// Column vectors per axpy tile for NB ≤ 4 batch rows: NB·KV accumulators + NB broadcasts + one
+// W vector within the 16 ymm registers (more spills with GCC: measured slower).
 template <int NB>
 struct AxpyKV {
-  static constexpr int value = NB == 1 ? 8 : NB == 2 ? 6 : NB <= 4 ? 3 : 2;
+  static constexpr int value = NB == 1 ? 8 : NB == 2 ? 6 : NB == 3 ? 3 : 2;
 };
 
 template <int NB, class A>
@@ -761,14 +800,14 @@ Status backward_fused_impl(const ScanArgs& a, const StepScratch& w, int nthreads
       for (int64_t kb = j0; kb < j1; kb += CB) {
         const int64_t ke = std::min(j1, kb + CB);
         for (int64_t i0 = 0; i0 < na;) {
-          const int nb = tile_rows(na - i0, 6);
-          const A* dgs[6];
-          A* Ds[6];
+          const int nb = tile_rows(na - i0, 4);
+          const A* dgs[4];
+          A* Ds[4];
           for (int k = 0; k < nb; ++k) {
             dgs[k] = dg + act_b[i0 + k] * GH;
             Ds[k] = dcarry + act_b[i0 + k] * H;
           }
-          axpy_cols_n<6, A>(nb, W, H, GH, dgs, Ds, kb, ke);
+          axpy_cols_n<4, A>(nb, W, H, GH, dgs, Ds, kb, ke);
           i0 += nb;
         }
       }
@@ -788,7 +827,8 @@ Status backward_fused_impl(const ScanArgs& a, const StepScratch& w, int nthreads
 template <class S, class F>
 Status by_cell(Cell cell, F&& f) {
   switch (cell) {
-    case Cell::kLSTM: return f(std::integral_constant<Cell, Cell::kLSTM>{}, static_cast<S*>(nullptr));
+    case Cell::kLSTM:
+      return f(std::integral_constant<Cell, Cell::kLSTM>{}, static_cast<S*>(nullptr));
     case Cell::kGRU: return f(std::integral_constant<Cell, Cell::kGRU>{}, static_cast<S*>(nullptr));
     case Cell::kRNNTanh:
       return f(std::integral_constant<Cell, Cell::kRNNTanh>{}, static_cast<S*>(nullptr));

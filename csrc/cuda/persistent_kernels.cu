@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(1024) forward_persistent_kernel(ScanArgs a, co
         }
         if constexpr (C == Cell::kLSTM) {
           float i, f, u, o, cn, hn;
-          lstm_forward<M>(xq[0] + acc[0], xq[1] + acc[1], xq[2] + acc[2], xq[3] + acc[3],
+          lstm_cell_fwd<M>(xq[0] + acc[0], xq[1] + acc[1], xq[2] + acc[2], xq[3] + acc[3],
                           creg[r], i, f, u, o, cn, hn);
           creg[r] = cn;
           nxt[r * H + j] = hn;
@@ -117,8 +117,8 @@ __global__ void __launch_bounds__(1024) forward_persistent_kernel(ScanArgs a, co
         } else if constexpr (C == Cell::kGRU) {
           const float hn_lin = acc[G - 1] + bhn;
           float rr, z, n, hn;
-          gru_forward<M>(xq[0], xq[1 % G], xq[G - 1], acc[0], acc[1 % G], hn_lin, cur[r * H + j], rr,
-                         z, n, hn);
+          gru_cell_fwd<M>(xq[0], xq[1 % G], xq[G - 1], acc[0], acc[1 % G], hn_lin,
+                          cur[r * H + j], rr, z, n, hn);
           nxt[r * H + j] = hn;
           st(out + row * H + j, hn);
           if (gates) {
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(1024) forward_persistent_kernel(ScanArgs a, co
           }
           if (aux) aux[row * H + j] = hn_lin;
         } else {
-          const float hn = rnn_forward<M>(xq[0] + acc[0], C == Cell::kRNNReLU);
+          const float hn = rnn_cell_fwd<M>(xq[0] + acc[0], C == Cell::kRNNReLU);
           nxt[r * H + j] = hn;
           st(out + row * H + j, hn);
         }
@@ -202,7 +202,7 @@ __global__ void __launch_bounds__(1024) backward_persistent_kernel(ScanArgs a, c
           const float c_prev = tprev >= 0 ? aux[(tprev * B + b) * H + j]
                                           : ld(static_cast<const S*>(a.c0) + b * H + j);
           float di, df, du, dout, dcp;
-          lstm_backward<M>(dh, dcell[r], gt[0], gt[H], gt[2 * H], gt[3 * H], aux[row * H + j],
+          lstm_cell_bwd<M>(dh, dcell[r], gt[0], gt[H], gt[2 * H], gt[3 * H], aux[row * H + j],
                            c_prev, di, df, du, dout, dcp);
           dcell[r] = dcp;
           dcar[r] = 0.0f;
@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(1024) backward_persistent_kernel(ScanArgs a, c
           const S* hp = tprev >= 0 ? static_cast<const S*>(a.out) + (tprev * B + b) * H + j
                                    : static_cast<const S*>(a.h0) + b * H + j;
           float dr, dz, dn, dhn, ddir;
-          gru_backward<M>(dh, gt[0], gt[H], gt[2 * H], aux[row * H + j], ld(hp), dr, dz, dn, dhn,
+          gru_cell_bwd<M>(dh, gt[0], gt[H], gt[2 * H], aux[row * H + j], ld(hp), dr, dz, dn, dhn,
                           ddir);
           dcar[r] = ddir;
           dg[0] = dr;
@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(1024) backward_persistent_kernel(ScanArgs a, c
           st(dx + 2 * H, dn);
         } else {
           const float hv = ld(static_cast<const S*>(a.out) + row * H + j);
-          const float dp = rnn_backward<M>(dh, hv, C == Cell::kRNNReLU);
+          const float dp = rnn_cell_bwd<M>(dh, hv, C == Cell::kRNNReLU);
           dcar[r] = 0.0f;
           dg[0] = dp;
           st(dx, dp);

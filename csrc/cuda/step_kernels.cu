@@ -54,7 +54,7 @@ __global__ void forward_step_kernel(ScanArgs a, StepScratch w, int64_t s) {
   if constexpr (C == Cell::kLSTM) {
     float* c = static_cast<float*>(w.c) + b * H + j;
     float i, f, u, o, cn, hn;
-    lstm_forward<M>(ld(x) + gh[0], ld(x + H) + gh[H], ld(x + 2 * H) + gh[2 * H],
+    lstm_cell_fwd<M>(ld(x) + gh[0], ld(x + H) + gh[H], ld(x + 2 * H) + gh[2 * H],
                     ld(x + 3 * H) + gh[3 * H], *c, i, f, u, o, cn, hn);
     *c = cn;
     if (proj) {
@@ -75,7 +75,7 @@ __global__ void forward_step_kernel(ScanArgs a, StepScratch w, int64_t s) {
     const float* bhn = static_cast<const float*>(a.b_hn);
     const float hn_lin = gh[2 * H] + (bhn ? bhn[j] : 0.0f);
     float r, z, n, hn;
-    gru_forward<M>(ld(x), ld(x + H), ld(x + 2 * H), gh[0], gh[H], hn_lin, h[b * H + j], r, z, n,
+    gru_cell_fwd<M>(ld(x), ld(x + H), ld(x + 2 * H), gh[0], gh[H], hn_lin, h[b * H + j], r, z, n,
                    hn);
     h[b * H + j] = hn;
     st(out + row * H + j, hn);
@@ -87,7 +87,7 @@ __global__ void forward_step_kernel(ScanArgs a, StepScratch w, int64_t s) {
     }
     if (aux) aux[row * H + j] = hn_lin;
   } else {
-    const float hn = rnn_forward<M>(ld(x) + gh[0], C == Cell::kRNNReLU);
+    const float hn = rnn_cell_fwd<M>(ld(x) + gh[0], C == Cell::kRNNReLU);
     h[b * H + j] = hn;
     st(out + row * H + j, hn);
   }
@@ -128,7 +128,8 @@ Status forward_step_impl(const ScanArgs& a, const StepScratch& w, const GemmCall
       RNNK_CUDA_CHECK("rnnkernels forward_step_kernel");
     }
     if (C == Cell::kLSTM && a.w_hr) {
-      if (!gemm(GemmOp::kProject)) return Status::error(kErrorUnsupported, "projection GEMM failed");
+      if (!gemm(GemmOp::kProject))
+        return Status::error(kErrorUnsupported, "projection GEMM failed");
       if (B * P > 0) {
         projection_commit_kernel<S><<<blocks_for(B * P), kThreads, 0, stream>>>(a, w, s);
         RNNK_CUDA_CHECK("rnnkernels projection_commit_kernel");
@@ -181,7 +182,7 @@ __global__ void backward_step_kernel(ScanArgs a, StepScratch w, int64_t s) {
     const float c_prev = tprev >= 0 ? aux[(tprev * B + b) * H + j]
                                     : ld(static_cast<const S*>(a.c0) + b * H + j);
     float di, df, du, dout, dcp;
-    lstm_backward<M>(dh, *dc, gts[0], gts[H], gts[2 * H], gts[3 * H], aux[row * H + j], c_prev,
+    lstm_cell_bwd<M>(dh, *dc, gts[0], gts[H], gts[2 * H], gts[3 * H], aux[row * H + j], c_prev,
                      di, df, du, dout, dcp);
     *dc = dcp;
     dg[0] = di;
@@ -197,7 +198,7 @@ __global__ void backward_step_kernel(ScanArgs a, StepScratch w, int64_t s) {
     const float h_prev = tprev >= 0 ? ld(static_cast<const S*>(a.out) + (tprev * B + b) * H + j)
                                     : ld(static_cast<const S*>(a.h0) + b * H + j);
     float dr, dz, dn, dhn, ddir;
-    gru_backward<M>(dh, gts[0], gts[H], gts[2 * H], aux[row * H + j], h_prev, dr, dz, dn, dhn,
+    gru_cell_bwd<M>(dh, gts[0], gts[H], gts[2 * H], aux[row * H + j], h_prev, dr, dz, dn, dhn,
                     ddir);
     carry[b * H + j] = ddir;
     dg[0] = dr;
@@ -209,7 +210,7 @@ __global__ void backward_step_kernel(ScanArgs a, StepScratch w, int64_t s) {
   } else {
     const float dh = carry[b * H + j] + ld(gout + row * H + j);
     const float hv = ld(static_cast<const S*>(a.out) + row * H + j);
-    const float dp = rnn_backward<M>(dh, hv, C == Cell::kRNNReLU);
+    const float dp = rnn_cell_bwd<M>(dh, hv, C == Cell::kRNNReLU);
     carry[b * H + j] = 0.0f;
     dg[0] = dp;
     st(dx, dp);

@@ -34,7 +34,7 @@ struct LstmOut {
 };
 LstmOut lstm(const double* x) {  // x = gi, gf, gg, go, c_prev
   LstmOut r;
-  rnnk::lstm_forward<M>(x[0], x[1], x[2], x[3], x[4], r.i, r.f, r.u, r.o, r.c, r.h);
+  rnnk::lstm_cell_fwd<M>(x[0], x[1], x[2], x[3], x[4], r.i, r.f, r.u, r.o, r.c, r.h);
   return r;
 }
 
@@ -56,7 +56,7 @@ void test_lstm() {
     // derivative of loss = wh·h + wc·c with respect to the 5 inputs
     const double wh = uni(-2, 2), wc = uni(-2, 2);
     double g[5];
-    rnnk::lstm_backward<M>(wh, wc, r.i, r.f, r.u, r.o, r.c, x[4], g[0], g[1], g[2], g[3], g[4]);
+    rnnk::lstm_cell_bwd<M>(wh, wc, r.i, r.f, r.u, r.o, r.c, x[4], g[0], g[1], g[2], g[3], g[4]);
     for (int k = 0; k < 5; ++k) {
       const double eps = 1e-6;
       double xp[5], xm[5];
@@ -70,7 +70,7 @@ void test_lstm() {
 
     // float instantiation
     float fi, ff, fu, fo, fc, fh;
-    rnnk::lstm_forward<M>(float(x[0]), float(x[1]), float(x[2]), float(x[3]), float(x[4]), fi, ff,
+    rnnk::lstm_cell_fwd<M>(float(x[0]), float(x[1]), float(x[2]), float(x[3]), float(x[4]), fi, ff,
                           fu, fo, fc, fh);
     expect_close("lstm h float", fh, h, 1e-5, 1e-6);
     expect_close("lstm c float", fc, c, 1e-5, 1e-6);
@@ -83,7 +83,7 @@ struct GruOut {
 };
 GruOut gru(const double* x) {  // ar, az, an, br, bz, hn_lin, h_prev
   GruOut o;
-  rnnk::gru_forward<M>(x[0], x[1], x[2], x[3], x[4], x[5], x[6], o.r, o.z, o.n, o.h);
+  rnnk::gru_cell_fwd<M>(x[0], x[1], x[2], x[3], x[4], x[5], x[6], o.r, o.z, o.n, o.h);
   return o;
 }
 
@@ -102,7 +102,7 @@ void test_gru() {
 
     const double wh = uni(-2, 2);
     double dr, dz, dn, dhn, ddir;
-    rnnk::gru_backward<M>(wh, o.r, o.z, o.n, x[5], x[6], dr, dz, dn, dhn, ddir);
+    rnnk::gru_cell_bwd<M>(wh, o.r, o.z, o.n, x[5], x[6], dr, dz, dn, dhn, ddir);
     // ∂/∂ar = ∂/∂br = dr, ∂/∂az = ∂/∂bz = dz, ∂/∂an = dn, ∂/∂hn_lin = dhn, ∂/∂h_prev = ddir
     const double want[7] = {dr, dz, dn, dr, dz, dhn, ddir};
     for (int k = 0; k < 7; ++k) {
@@ -122,20 +122,20 @@ void test_rnn() {
   for (int rep = 0; rep < 200; ++rep) {
     const double pre = uni(-4, 4), w = uni(-2, 2);
     for (int relu = 0; relu < 2; ++relu) {
-      const double h = rnnk::rnn_forward<M>(pre, relu != 0);
+      const double h = rnnk::rnn_cell_fwd<M>(pre, relu != 0);
       const double want = relu ? (pre > 0 ? pre : 0.0) : std::tanh(pre);
       expect_close("rnn forward", h, want, 1e-14, 1e-15);
       if (relu && std::fabs(pre) < 1e-4) continue;  // the kink: no derivative
-      const double g = rnnk::rnn_backward<M>(w, h, relu != 0);
+      const double g = rnnk::rnn_cell_bwd<M>(w, h, relu != 0);
       const double eps = 1e-6;
-      const double fd = (w * rnnk::rnn_forward<M>(pre + eps, relu != 0) -
-                         w * rnnk::rnn_forward<M>(pre - eps, relu != 0)) /
+      const double fd = (w * rnnk::rnn_cell_fwd<M>(pre + eps, relu != 0) -
+                         w * rnnk::rnn_cell_fwd<M>(pre - eps, relu != 0)) /
                         (2 * eps);
       expect_close(relu ? "relu derivative" : "tanh derivative", g, fd, 1e-6, 1e-8);
     }
   }
   // relu'(0) is taken as 0 (torch's convention: the gradient of relu at 0 is 0)
-  expect_close("relu derivative at 0", rnnk::rnn_backward<M>(1.0, 0.0, true), 0.0, 0, 0);
+  expect_close("relu derivative at 0", rnnk::rnn_cell_bwd<M>(1.0, 0.0, true), 0.0, 0, 0);
 }
 
 }  // namespace

@@ -57,7 +57,8 @@ void test_activations() {
   const float s_want[8] = {0.0f, 1.0f, 0.5f, 0.5f, NAN, 1.0f, 0.0f, 0.5f};
   const float t_want[8] = {-1.0f, 1.0f, 0.0f, -0.0f, NAN, 1.0f, -1.0f, 1e-30f};
   for (int l = 0; l < 8; ++l) {
-    const bool s_ok = std::isnan(s_want[l]) ? std::isnan(s[l]) : std::fabs(s[l] - s_want[l]) < 1e-30f;
+    const bool s_ok =
+        std::isnan(s_want[l]) ? std::isnan(s[l]) : std::fabs(s[l] - s_want[l]) < 1e-30f;
     const bool t_ok = std::isnan(t_want[l]) ? std::isnan(t[l]) : t[l] == t_want[l];
     if (!s_ok || !t_ok) {
       std::printf("FAIL special value x=%g: sigmoid %g (want %g), tanh %g (want %g)\n", x[l], s[l],

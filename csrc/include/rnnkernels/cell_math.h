@@ -1,20 +1,18 @@
 // rnnkernels/cell_math.h — the gate math of every cell and its derivative, for C++ and CUDA.
 //
 // This header is the single source of the cell formulas for the compiled kernels (csrc/cpu and
-// csrc/cuda); rnnkernels/triton/cell.py mirrors it for Triton under the same names, and the
-// reference backend (rnnkernels/reference/scan.py) is written independently so a mistake shared
-// by the kernels still shows up in the tests. No torch, no Python, no CUDA headers: it compiles
-// with g++ alone and with nvcc for host and device.
-//
-// (Constants are written as integer literals, `1 - x`, because a GCC vector type cannot be
-// constructed from a scalar as `T(1)`, while `1 - v` broadcasts.)
+// csrc/cuda); rnnkernels/triton/cell.py mirrors it for Triton under the same names (lstm_cell_fwd,
+// lstm_cell_bwd, gru_cell_fwd, ...), and the reference backend (rnnkernels/reference/scan.py) is
+// written independently so a mistake shared by the kernels still shows up in the tests. No torch,
+// no Python, no CUDA headers: it compiles with g++ alone and with nvcc for host and device.
 //
 // Every function is a template over the value type `T` and a math policy `M` that supplies the
 // activations (`M::sigmoid`, `M::tanh`, `M::relu`, `M::relu_mask`). `T` is a scalar (float,
 // double) for CUDA and the C++ tests, or a SIMD vector for the CPU kernels (csrc/cpu/simd.h),
 // where the policy evaluates the activations lane-wise with vectorised polynomials. Keeping the
 // policy a template argument (instead of overloads found by lookup) makes the formulas identical
-// for every backend that includes this file.
+// for every backend that includes this file. (Constants are written as integer literals, `1 - x`:
+// a GCC vector type cannot be constructed from a scalar as `T(1)`, while `1 - v` broadcasts.)
 //
 // Notation (torch's definitions, see docs/BACKENDS.md). Pre-activations come in as sums
 // xp_t + h_{t-1}·W_hhᵀ; the derivatives take the *activated* gates saved by the forward pass.
@@ -53,7 +51,7 @@ struct ExactMath {
 //   i = σ(g_i)  f = σ(g_f)  u = tanh(g_g)  o = σ(g_o)
 //   c_t = f ⊙ c_{t-1} + i ⊙ u          h_t = o ⊙ tanh(c_t)
 template <class M, class T>
-RNNK_HOST_DEVICE RNNK_INLINE void lstm_forward(T gi, T gf, T gg, T go, T c_prev, T& i, T& f,
+RNNK_HOST_DEVICE RNNK_INLINE void lstm_cell_fwd(T gi, T gf, T gg, T go, T c_prev, T& i, T& f,
                                                T& u, T& o, T& c, T& h) {
   i = M::sigmoid(gi);
   f = M::sigmoid(gf);
@@ -71,7 +69,7 @@ RNNK_HOST_DEVICE RNNK_INLINE void lstm_forward(T gi, T gf, T gg, T go, T c_prev,
 //   d g_g = dc_t ⊙ i ⊙ (1-u²)     d g_o = dh ⊙ tanh(c_t) ⊙ o(1-o)
 //   dc_{t-1} = dc_t ⊙ f
 template <class M, class T>
-RNNK_HOST_DEVICE RNNK_INLINE void lstm_backward(T dh, T dc, T i, T f, T u, T o, T c, T c_prev,
+RNNK_HOST_DEVICE RNNK_INLINE void lstm_cell_bwd(T dh, T dc, T i, T f, T u, T o, T c, T c_prev,
                                                 T& dgi, T& dgf, T& dgg, T& dgo, T& dc_prev) {
   const T tc = M::tanh(c);
   const T dct = dc + dh * o * (1 - tc * tc);
@@ -88,7 +86,7 @@ RNNK_HOST_DEVICE RNNK_INLINE void lstm_backward(T dh, T dc, T i, T f, T u, T o, 
 //   r = σ(a_r + b_r)   z = σ(a_z + b_z)   n = tanh(a_n + r ⊙ hn_lin)
 //   h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
 template <class M, class T>
-RNNK_HOST_DEVICE RNNK_INLINE void gru_forward(T ar, T az, T an, T br, T bz, T hn_lin, T h_prev,
+RNNK_HOST_DEVICE RNNK_INLINE void gru_cell_fwd(T ar, T az, T an, T br, T bz, T hn_lin, T h_prev,
                                               T& r, T& z, T& n, T& h) {
   r = M::sigmoid(ar + br);
   z = M::sigmoid(az + bz);
@@ -105,7 +103,7 @@ RNNK_HOST_DEVICE RNNK_INLINE void gru_forward(T ar, T az, T an, T br, T bz, T hn
 //   dh_direct = dh ⊙ z                     (the part of ∂L/∂h_{t-1} not through W_hh)
 // ∂L/∂h_{t-1} = dh_direct + [dr, dz, dhn]·W_hh.
 template <class M, class T>
-RNNK_HOST_DEVICE RNNK_INLINE void gru_backward(T dh, T r, T z, T n, T hn_lin, T h_prev, T& dr,
+RNNK_HOST_DEVICE RNNK_INLINE void gru_cell_bwd(T dh, T r, T z, T n, T hn_lin, T h_prev, T& dr,
                                                T& dz, T& dn, T& dhn, T& dh_direct) {
   dn = dh * (1 - z) * (1 - n * n);
   dz = dh * (h_prev - n) * z * (1 - z);
@@ -117,13 +115,13 @@ RNNK_HOST_DEVICE RNNK_INLINE void gru_backward(T dh, T r, T z, T n, T hn_lin, T 
 // ------------------------------------------------------------------------------- Elman RNN
 // h_t = tanh(pre) or relu(pre), pre = xp_t + h_{t-1}·W_hhᵀ.
 template <class M, class T>
-RNNK_HOST_DEVICE RNNK_INLINE T rnn_forward(T pre, bool relu) {
+RNNK_HOST_DEVICE RNNK_INLINE T rnn_cell_fwd(T pre, bool relu) {
   return relu ? M::relu(pre) : M::tanh(pre);
 }
 
 // d pre = dh ⊙ act'(pre), written through the saved output h: tanh' = 1 - h², relu' = [h > 0].
 template <class M, class T>
-RNNK_HOST_DEVICE RNNK_INLINE T rnn_backward(T dh, T h, bool relu) {
+RNNK_HOST_DEVICE RNNK_INLINE T rnn_cell_bwd(T dh, T h, bool relu) {
   return relu ? M::relu_mask(h, dh) : dh * (1 - h * h);
 }
 
