@@ -26,7 +26,8 @@ import triton.language as tl
 
 from . import plan as _plan
 from .cell import mma, rnn_cell_bwd, rnn_cell_fwd
-from .tiles import load_tile, load_w, phase_sync, recurrent_carry, step_schedule, store_tile
+from .tiles import (batch_tile, load_tile, load_w, phase_sync, recurrent_carry,
+                    step_schedule, store_tile)
 
 
 @triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
@@ -38,13 +39,7 @@ def _rnn_fwd_kernel(
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     nprog = tl.num_programs(1)
-    rows = pid_b * BB + tl.arange(0, BB)
-    rmask = rows < B
-    rows64 = rows.to(tl.int64)
-    if HAS_LEN:
-        L = tl.minimum(tl.load(len_ptr + rows, mask=rmask, other=0).to(tl.int64), T)
-    else:
-        L = tl.full([BB], 0, tl.int64) + T
+    rows, rmask, rows64, L = batch_tile(pid_b, len_ptr, B, T, HAS_LEN, BB)
     for it in range(0, n_steps):
         s = s_first + it
         active, t = step_schedule(s, L, rmask, REVERSE)
@@ -78,13 +73,7 @@ def _rnn_bwd_kernel(
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     nprog = tl.num_programs(1)
-    rows = pid_b * BB + tl.arange(0, BB)
-    rmask = rows < B
-    rows64 = rows.to(tl.int64)
-    if HAS_LEN:
-        L = tl.minimum(tl.load(len_ptr + rows, mask=rmask, other=0).to(tl.int64), T)
-    else:
-        L = tl.full([BB], 0, tl.int64) + T
+    rows, rmask, rows64, L = batch_tile(pid_b, len_ptr, B, T, HAS_LEN, BB)
     for it in range(0, n_steps):
         s = s_first - it                       # T-1 .. 0, then -1: the pass that forms dh0
         active, t = step_schedule(s, L, rmask, REVERSE)

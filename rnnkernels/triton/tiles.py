@@ -22,6 +22,19 @@ from .cell import mma
 
 
 @triton.jit
+def batch_tile(pid_b, len_ptr, B, T, HAS_LEN: tl.constexpr, BB: tl.constexpr):
+    """The batch rows of program ``pid_b``: rows, their mask, int64 rows and lengths L (T when
+    there are no lengths; clamped to T so a bad length can never index past the sequence)."""
+    rows = pid_b * BB + tl.arange(0, BB)
+    rmask = rows < B
+    if HAS_LEN:
+        L = tl.minimum(tl.load(len_ptr + rows, mask=rmask, other=0).to(tl.int64), T)
+    else:
+        L = tl.full([BB], 0, tl.int64) + T
+    return rows, rmask, rows.to(tl.int64), L
+
+
+@triton.jit
 def step_schedule(s, L, rmask, REVERSE: tl.constexpr):
     """(active [BB] bool, t [BB] int64) of step s for rows with lengths L (int64)."""
     active = (s < L) & rmask
