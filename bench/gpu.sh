@@ -8,13 +8,14 @@
 # Everything lands in ONE folder: $OUT if set, else bench/results/gpu-<date>/ — at most 8 files,
 # so the folder can be shipped back whole:
 #   gpu.log                  environment, build, tests and benchmark output (all of stdout/stderr)
-#   tests-junit.xml          pytest's per-test results of the CUDA/Triton tests
+#   tests-{triton,cuda}-junit.xml  pytest's per-test results of the Triton and CUDA tests
 #   cuda-validate-*.jsonl    validation table records (every module vs torch.nn, odd sizes)
 #   cuda-full-*.jsonl/.png   benchmark records (one JSON line per measurement) and speedup plot
 # Knobs (environment):
 #   PYTHON=python  BENCH_DTYPES=float32 (e.g. float32,bfloat16)  BENCH_ARGS="" (extra runner args)
 #   SKIP_INSTALL=1  SKIP_TESTS=1  SKIP_BENCH=1
-#   TEST_TIMEOUT=300  BENCH_TIMEOUT=480 (seconds; records written before a timeout are kept)
+#   DEADLINE=510 (seconds for the whole script; each stage gets a share of what is left;
+#   records written before a timeout are kept)  TEST_WORKERS=8 (pytest-xdist, when installed)
 # Exit status: 0 only if the build, the tests and the strict benchmark (every error within
 # tolerance, no provider failure) all passed; each stage runs even if an earlier one failed.
 set -u -o pipefail
@@ -66,36 +67,65 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   export TORCH_CUDA_ARCH_LIST
 fi
 
-if [ -z "${SKIP_INSTALL:-}" ]; then
-  log "build: pip install --no-deps --no-build-isolation -e . (arch $TORCH_CUDA_ARCH_LIST, $MAX_JOBS jobs)"
-  SECONDS=0
-  if ! run "$PY" -m pip install --no-deps --no-build-isolation --no-index -e .; then
-    log "BUILD FAILED"; status=1
+# The time box: every stage gets what is left of DEADLINE seconds (default 510), so the whole
+# script ends inside one device lease call and whatever finished comes back.
+DEADLINE=${DEADLINE:-510}
+left() { local l=$(( DEADLINE - SECONDS - ${1:-0} )); [ "$l" -gt 5 ] && echo "$l" || echo 5; }
+cap() { local l; l=$(left "${2:-0}"); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
+PYTEST_PAR=()
+"$PY" -c 'import xdist' 2>/dev/null && PYTEST_PAR+=(-n "${TEST_WORKERS:-8}")
+"$PY" -c 'import pytest_timeout' 2>/dev/null && PYTEST_PAR+=(--timeout "${TEST_CASE_TIMEOUT:-120}")
+pytest_stage() {  # name, seconds, pytest args...
+  local name=$1 secs=$2; shift 2
+  log "tests ($name, ${secs}s max): pytest $*"
+  local t0=$SECONDS
+  if ! run timeout -k 10 "$secs" "$PY" -m pytest "$@" -q -p no:cacheprovider -rfE \
+      --durations=10 "${PYTEST_PAR[@]}" --junitxml="$DIR/tests-$name-junit.xml"; then
+    log "TESTS ($name) FAILED (or timed out)"; status=1
   fi
-  log "build took ${SECONDS}s"
+  log "tests ($name) took $((SECONDS - t0))s"
+}
+
+# 1. The extension builds in the background while the Triton tests (which do not need it) run.
+BUILD_PID=""
+if [ -z "${SKIP_INSTALL:-}" ]; then
+  log "build (background): pip install --no-deps --no-build-isolation -e . (arch $TORCH_CUDA_ARCH_LIST, $MAX_JOBS jobs)"
+  ( SECONDS=0; "$PY" -m pip install --no-deps --no-build-isolation --no-index -e . \
+      > /tmp/rnnk-build.log 2>&1; echo "$? ${SECONDS}" > /tmp/rnnk-build.rc ) &
+  BUILD_PID=$!
+fi
+
+# 2. Triton kernels vs the reference, and the modules on the triton backend vs cuDNN.
+if [ -z "${SKIP_TESTS:-}" ]; then
+  pytest_stage triton "$(cap "${TRITON_TEST_TIMEOUT:-220}" 200)" tests -k triton
+fi
+
+if [ -n "$BUILD_PID" ]; then
+  wait "$BUILD_PID"
+  read -r brc bsecs < /tmp/rnnk-build.rc || { brc=1; bsecs="?"; }
+  tail -n 40 /tmp/rnnk-build.log >> "$LOG"
+  log "build exit $brc after ${bsecs}s (log tail above)"
+  [ "$brc" = 0 ] || { log "BUILD FAILED"; status=1; }
   run "$PY" -c 'import rnnkernels; print("backends on cuda:", rnnkernels.available_backends("cuda"))' \
     || status=1
 fi
 
+# 3. The compiled cuda backend vs the reference and vs cuDNN, compile/autocast/opcheck on CUDA.
 if [ -z "${SKIP_TESTS:-}" ]; then
-  log "tests: pytest tests -k 'cuda or triton' (TF32 off)"
-  SECONDS=0
-  if ! run timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest tests -k "cuda or triton" -q \
-      -p no:cacheprovider -rfEs --durations=15 --junitxml="$DIR/tests-junit.xml"; then
-    log "TESTS FAILED (or timed out)"; status=1
-  fi
-  log "tests took ${SECONDS}s"
+  pytest_stage cuda "$(cap "${CUDA_TEST_TIMEOUT:-150}" 120)" tests -k "cuda and not triton"
 fi
 
+# 4. Validation table (every module vs torch.nn/cuDNN at odd sizes) + the benchmark sweep.
 if [ -z "${SKIP_BENCH:-}" ]; then
-  log "benchmark: python -m bench.run --full --device cuda --strict --dtypes ${BENCH_DTYPES:-float32}"
-  SECONDS=0
+  secs=$(left 15)
+  log "benchmark (${secs}s max): python -m bench.run --full --device cuda --strict --dtypes ${BENCH_DTYPES:-float32} ${BENCH_ARGS:-}"
+  t0=$SECONDS
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments on purpose
-  if ! run timeout "${BENCH_TIMEOUT:-480}" "$PY" -m bench.run --full --device cuda --strict \
+  if ! run timeout -k 10 "$secs" "$PY" -m bench.run --full --device cuda --strict \
       --dtypes "${BENCH_DTYPES:-float32}" --out "$DIR" ${BENCH_ARGS:-}; then
     log "BENCHMARK FAILED, above tolerance, or timed out"; status=1
   fi
-  log "benchmark took ${SECONDS}s"
+  log "benchmark took $((SECONDS - t0))s"
 fi
 
 log "done, status $status; files:"

@@ -317,7 +317,7 @@ class Run:
 def _loss_term(t: torch.Tensor, seed: int) -> torch.Tensor:
     # A random weighting (not a plain sum): each element's gradient is distinct, so a swapped,
     # mirrored or dropped element of any tensor changes the loss gradient.
-    return (t * randn(t.shape, t.dtype, seed)).sum()
+    return (t * randn(t.shape, t.dtype, seed).to(t.device)).sum()
 
 
 def loss_of(out, states: dict[str, torch.Tensor]) -> torch.Tensor:
