@@ -13,7 +13,7 @@
 #   cuda-full-*.jsonl/.png   benchmark records (one JSON line per measurement) and speedup plot
 # Knobs (environment):
 #   PYTHON=python  BENCH_DTYPES=float32 (e.g. float32,bfloat16)  BENCH_ARGS="" (extra runner args)
-#   SKIP_INSTALL=1  SKIP_TESTS=1  SKIP_BENCH=1
+#   SKIP_INSTALL=1  SKIP_TESTS=1  SKIP_BENCH=1  STRATEGY_SWEEP=1 (triton step vs persistent)
 #   DEADLINE=510 (seconds for the whole script; each stage gets a share of what is left;
 #   records written before a timeout are kept)  TEST_WORKERS=8 (pytest-xdist, when installed)
 # Exit status: 0 only if the build, the tests and the strict benchmark (every error within
@@ -126,6 +126,19 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     log "BENCHMARK FAILED, above tolerance, or timed out"; status=1
   fi
   log "benchmark took $((SECONDS - t0))s"
+fi
+
+# 5. Optional (STRATEGY_SWEEP=1), in what time is left: the Triton provider with each strategy
+#    forced, on the latency-bound configs, to place the auto threshold.
+if [ -n "${STRATEGY_SWEEP:-}" ] && [ -z "${SKIP_BENCH:-}" ]; then
+  for strat in step persistent; do
+    secs=$(left 10)
+    [ "$secs" -gt 30 ] || { log "no time left for the $strat sweep"; continue; }
+    log "strategy sweep ($strat, ${secs}s max)"
+    RNNKERNELS_TRITON_STRATEGY=$strat run timeout -k 5 "$secs" "$PY" -m bench.run --full \
+      --device cuda --no-validate --no-plot --providers torch,triton --tag "triton-$strat" \
+      --configs long-b1 long-b16 fastrnn --min-time 0.1 --out "$DIR" || true
+  done
 fi
 
 log "done, status $status; files:"

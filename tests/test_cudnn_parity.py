@@ -73,7 +73,10 @@ def _rel(a: torch.Tensor, e: torch.Tensor) -> float:
     return float((a - e).norm() / e.norm().clamp_min(1e-30))
 
 
-def _compare_fp32(ours, ref) -> None:
+def _compare_fp32(ours, ref, exact=None) -> None:
+    """Within 1e-5 normwise of cuDNN; where a gradient sums many cancelling terms (tiny B and T)
+    two fp32 summation orders can differ by a little more, and then ``exact()`` (a float64 run)
+    decides: ours must be within 2x cuDNN's own error of it (or within 1e-5)."""
     if isinstance(ref.out, PackedSequence):
         assert isinstance(ours.out, PackedSequence)
         assert torch.equal(ours.out.batch_sizes, ref.out.batch_sizes)
@@ -81,10 +84,25 @@ def _compare_fp32(ours, ref) -> None:
             assert torch.equal(ours.out.sorted_indices, ref.out.sorted_indices)
     a, e = _flat(ours), _flat(ref)
     assert a.keys() == e.keys(), f"{sorted(a)} != cuDNN's {sorted(e)}"
+    oracle = None
     for name in e:
         assert a[name].device == e[name].device and a[name].dtype == e[name].dtype, name
         err = _rel(a[name], e[name])
-        assert err <= 1e-5, f"{name}: normwise error {err:.2e} vs cuDNN (bound 1e-5)"
+        if err <= 1e-5:
+            continue
+        assert exact is not None, f"{name}: normwise error {err:.2e} vs cuDNN (bound 1e-5)"
+        oracle = oracle if oracle is not None else _flat(exact())
+        mine, cudnn = _rel(a[name], oracle[name]), _rel(e[name], oracle[name])
+        assert mine <= max(2 * cudnn, 1e-5), (
+            f"{name}: normwise error {err:.2e} vs cuDNN; vs float64 {mine:.2e} (cuDNN {cudnn:.2e})")
+
+
+def _oracle(ref_mod, case, inputs, grad=True):
+    """torch.nn in float64 on the CPU with ref_mod's weights, on the same inputs."""
+    oracle = torch_class(case.mode)(**dict(MODES[case.mode][1], **case.ctor())).double()
+    copy_parameters(ref_mod, oracle)
+    return run_layer(oracle, dataclasses.replace(case, dtype=torch.float64),
+                     _to(inputs, "cpu", torch.float64), grad=grad)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
@@ -95,10 +113,12 @@ def test_layer_matches_cudnn_fp32(spec, backend):
     ref_mod, our_mod = make_twins(case.mode, backend, torch.float32, seed=7, **case.ctor())
     ref_mod, our_mod = ref_mod.to(DEVICE), our_mod.to(DEVICE)
     inputs = _to(make_inputs(case, seed=11), DEVICE)
-    _compare_fp32(run_layer(our_mod, case, inputs), run_layer(ref_mod, case, inputs))
+    _compare_fp32(run_layer(our_mod, case, inputs), run_layer(ref_mod, case, inputs),
+                  lambda: _oracle(ref_mod, case, inputs))
     with torch.no_grad():
         _compare_fp32(run_layer(our_mod, case, inputs, grad=False),
-                      run_layer(ref_mod, case, inputs, grad=False))
+                      run_layer(ref_mod, case, inputs, grad=False),
+                      lambda: _oracle(ref_mod, case, inputs, grad=False))
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
@@ -128,12 +148,9 @@ def test_layer_half_no_worse_than_cudnn(spec, backend, dtype):
     case = dataclasses.replace(case, dtype=dtype)
     ref_mod, our_mod = make_twins(case.mode, backend, dtype, seed=7, **case.ctor())
     ref_mod, our_mod = ref_mod.to(DEVICE), our_mod.to(DEVICE)
-    # the oracle: torch.nn in float64 on the CPU, from the very same rounded weights and inputs
-    oracle = torch_class(case.mode)(**dict(MODES[case.mode][1], **case.ctor())).double()
-    copy_parameters(ref_mod, oracle)
     inputs = _to(make_inputs(case, seed=11), DEVICE)
-    exact = _flat(run_layer(oracle, dataclasses.replace(case, dtype=torch.float64),
-                            _to(inputs, "cpu", torch.float64)))
+    # the oracle: float64 on the CPU, from the very same rounded weights and inputs
+    exact = _flat(_oracle(ref_mod, case, inputs))
     ours = _flat(run_layer(our_mod, case, inputs))
     theirs = _flat(run_layer(ref_mod, case, inputs))
     assert ours.keys() == theirs.keys() == exact.keys()

@@ -87,7 +87,8 @@ def flat(result) -> list[torch.Tensor]:
 
 def weighted_sum(tensors, seed: int = 100) -> torch.Tensor:
     """A loss touching every output with fixed random weights, so no gradient can cancel."""
-    return sum((t * randn(t.shape, t.dtype, seed + k)).sum() for k, t in enumerate(tensors))
+    return sum((t * randn(t.shape, t.dtype, seed + k).to(t.device)).sum()
+               for k, t in enumerate(tensors))
 
 
 def grads_of(module: nn.Module, outs, extra=()) -> dict:
