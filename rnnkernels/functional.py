@@ -146,6 +146,14 @@ def _stack(kind: str, name: str, input: Tensor, hx: list[Tensor], params: list[T
     if input.dtype == torch.float64:
         cast = None            # autocast casts fp32 only; a float64 model stays float64
     state_dtypes = [h.dtype for h in hx]
+    # Which of torch's two autocast behaviours to mirror: on CUDA with cuDNN usable, torch's
+    # autocast wrapper of _cudnn_rnn runs the whole RNN in float16 whatever the autocast dtype
+    # (a bfloat16 autocast region still gets float16 RNN outputs from torch.nn); elsewhere (CPU,
+    # or CUDA with cuDNN off) torch runs its ATen cells op by op (see the end of this function).
+    op_by_op = cast is not None and not (input.device.type == "cuda"
+                                         and torch.backends.cudnn.is_acceptable(input))
+    if cast is not None and not op_by_op:
+        cast = torch.float16
     if cast is not None:       # torch.nn runs the whole RNN in the autocast dtype; so do we
         input, hx = input.to(cast), [h.to(cast) for h in hx]
         params = [q.to(cast) for q in params]
@@ -184,13 +192,13 @@ def _stack(kind: str, name: str, input: Tensor, hx: list[Tensor], params: list[T
         output = output.transpose(0, 1)
     h_n = torch.stack(h_n, 0)
     c_n = torch.stack(c_n, 0) if kind == "lstm" else None
-    if cast is not None and input.device.type == "cpu":
+    if op_by_op:
         # CPU autocast has no RNN entry: torch.nn runs its ATen cells op by op, the GEMMs in
         # `cast` and the elementwise update in the promoted dtype of the gates and the incoming
         # state. So the GRU state and the LSTM cell state keep the caller's state dtype (fp32),
         # and so does the LSTM hidden state unless a projection GEMM produces it; the Elman RNN
-        # (activation of a GEMM result) stays in `cast`. (CUDA autocast runs the whole RNN in
-        # `cast`, which the kernels already do.)
+        # (activation of a GEMM result) stays in `cast`. (CUDA autocast with cuDNN runs the
+        # whole RNN in float16, which the kernels already do.)
         if kind == "gru":
             dt = torch.promote_types(cast, state_dtypes[0])
             output, h_n = output.to(dt), h_n.to(dt)

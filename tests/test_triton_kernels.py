@@ -199,7 +199,11 @@ def _compare(name, got, want, case, active=None):
 # ------------------------------------------------------------------------------------ the tests
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_scan_matches_reference(case):
-    x, lengths, grads = _inputs(case)
+    _check(case)
+
+
+def _check(case, seed=0):
+    x, lengths, grads = _inputs(case, seed)
     dt = _DT[case.dtype]
     fwd, bwd = _run_triton(case, _cast(x, dt), lengths, _cast(grads, dt))
     # The oracle runs in float32 on the same (rounded) inputs.
@@ -340,6 +344,20 @@ def test_cuda_persistent_grid_barrier(cell):
                     strategy="persistent-grid")
         with tb.tuning(block_h=16, nprog_h=4):
             test_scan_matches_reference(case)
+
+
+@cuda_only
+@pytest.mark.parametrize("cell, kw", [("LSTM", {}), ("LSTM", {"proj": 17}), ("GRU", {}),
+                                      ("RNN_TANH", {})], ids=["LSTM", "LSTM-proj", "GRU", "RNN"])
+def test_cuda_step_graph_replay(cell, kw):
+    """``step`` scans replay a CUDA graph from the second call of a signature on: fresh inputs
+    and other lengths at every call must still match the oracle (no stale static buffer)."""
+    from rnnkernels.triton import graphs
+    graphs.clear()
+    for seed, lengths in enumerate([[20, 3, 11], [5, 20, 1], [20, 20, 20], [1, 2, 3]]):
+        _check(Case(cell, 20, 3, 33, lengths=lengths, strategy="step", **kw), seed)
+    assert graphs._entries, "no CUDA graph was captured"
+    graphs.clear()
 
 
 @cuda_only

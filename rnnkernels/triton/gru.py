@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import graphs as _graphs
 from . import plan as _plan
 from .cell import gru_cell_bwd, gru_cell_fwd, mma
 from .tiles import (batch_tile, load_tile, load_w, phase_sync, previous_state,
@@ -158,23 +159,27 @@ def forward(xp, h0, w_hh, b_hn, lengths, reverse, save):
     sync = _plan.sync_counters(pl, nb, dev, hbuf)
     dummy = hbuf
 
-    def launch(s_first, n_steps, sync_mode):
+    bufs = dict(xp=xp, w_hh=w_hh, b_hn=b_hn if b_hn is not None else dummy,
+                lens=lengths if lengths is not None else dummy, out=out,
+                gates=gates if save else dummy, hn_lin=hn_lin if save else dummy, hbuf=hbuf,
+                sync=sync)
+    flags = dict(HAS_LEN=lengths is not None, HAS_BHN=b_hn is not None, REVERSE=bool(reverse),
+                 SAVE=bool(save))
+
+    def launch(b, s_first, n_steps, sync_mode):
         _gru_fwd_kernel[(nb, pl.nprog_h)](
-            xp, w_hh, b_hn if b_hn is not None else dummy,
-            lengths if lengths is not None else dummy, out,
-            gates if save else dummy, hn_lin if save else dummy, hbuf, sync,
-            s_first, n_steps, T, B, H,
-            HAS_LEN=lengths is not None, HAS_BHN=b_hn is not None, REVERSE=bool(reverse),
-            SAVE=bool(save), SYNC=sync_mode, DOT_F32=pl.dot_f32,
-            BB=pl.BB, BH=pl.BH, BK=pl.BK, num_warps=pl.num_warps, num_stages=pl.num_stages)
+            b["xp"], b["w_hh"], b["b_hn"], b["lens"], b["out"], b["gates"], b["hn_lin"],
+            b["hbuf"], b["sync"], s_first, n_steps, T, B, H, **flags, SYNC=sync_mode,
+            DOT_F32=pl.dot_f32, BB=pl.BB, BH=pl.BH, BK=pl.BK, **pl.launch_options())
 
     if B > 0:
         with _plan.device_guard(xp):
             if pl.strategy == "step":
-                for s in range(T):
-                    launch(s, 1, 0)
+                _graphs.run("gru_fwd", bufs, ("out", "gates", "hn_lin", "hbuf"),
+                            (T, B, H, pl, tuple(flags.items())),
+                            lambda b: [launch(b, s, 1, 0) for s in range(T)])
             else:
-                launch(0, T, pl.sync)
+                launch(bufs, 0, T, pl.sync)
                 _plan.check_sync(pl, sync)
     return out, hbuf[T % 2].to(dt, copy=True), gates, hn_lin
 
@@ -191,21 +196,24 @@ def backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn
     nb = pl.grid_b(B)
     sync = _plan.sync_counters(pl, nb, dev, loc)
 
-    def launch(s_first, n_steps, sync_mode):
+    bufs = dict(grad_out=grad_out, grad_hn=grad_hn, h0=h0, w_hh=w_hh,
+                lens=lengths if lengths is not None else dg, out=out, gates=gates,
+                hn_lin=hn_lin, dxp=dxp, dh0=dh0, dg=dg, loc=loc, sync=sync)
+    flags = dict(HAS_LEN=lengths is not None, REVERSE=bool(reverse))
+
+    def launch(b, s_first, n_steps, sync_mode):
         _gru_bwd_kernel[(nb, pl.nprog_h)](
-            grad_out, grad_hn, h0, w_hh, lengths if lengths is not None else dg, out, gates,
-            hn_lin, dxp, dh0, dg, loc, sync,
-            s_first, n_steps, T, B, H,
-            HAS_LEN=lengths is not None, REVERSE=bool(reverse), SYNC=sync_mode,
-            DOT_F32=pl.dot_f32,
-            BB=pl.BB, BH=pl.BH, BK=pl.BK, num_warps=pl.num_warps, num_stages=pl.num_stages)
+            b["grad_out"], b["grad_hn"], b["h0"], b["w_hh"], b["lens"], b["out"], b["gates"],
+            b["hn_lin"], b["dxp"], b["dh0"], b["dg"], b["loc"], b["sync"],
+            s_first, n_steps, T, B, H, **flags, SYNC=sync_mode,
+            DOT_F32=pl.dot_f32, BB=pl.BB, BH=pl.BH, BK=pl.BK, **pl.launch_options())
 
     if B > 0:
         with _plan.device_guard(h0):
             if pl.strategy == "step":
-                for s in range(T - 1, -2, -1):
-                    launch(s, 1, 0)
+                _graphs.run("gru_bwd", bufs, ("dxp", "dh0"), (T, B, H, pl, tuple(flags.items())),
+                            lambda b: [launch(b, s, 1, 0) for s in range(T - 1, -2, -1)])
             else:
-                launch(T - 1, T + 1, pl.sync)
+                launch(bufs, T - 1, T + 1, pl.sync)
                 _plan.check_sync(pl, sync)
     return dxp, dh0

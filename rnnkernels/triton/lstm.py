@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import graphs as _graphs
 from . import plan as _plan
 from .cell import lstm_cell_bwd, lstm_cell_fwd, mma
 from .tiles import (batch_tile, load_tile, load_w, phase_sync, previous_state,
@@ -256,25 +257,31 @@ def forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save):
     dummy = hbuf
     lens = lengths if lengths is not None else dummy
 
-    def launch(s_first, n_steps, do_cell, do_proj, sync_mode):
+    bufs = dict(xp=xp, w_hh=w_hh, w_hr=w_hr if proj else dummy, lens=lens, out=out,
+                gates=gates if save else dummy, cs=cs if save else dummy, hbuf=hbuf, cbuf=cbuf,
+                hh=hh, sync=sync)
+    flags = dict(HAS_LEN=lengths is not None, REVERSE=bool(reverse), SAVE=bool(save), PROJ=proj)
+
+    def launch(b, s_first, n_steps, do_cell, do_proj, sync_mode):
         _lstm_fwd_kernel[(nb, pl.nprog_h)](
-            xp, w_hh, w_hr if proj else dummy, lens, out,
-            gates if save else dummy, cs if save else dummy, hbuf, cbuf, hh, sync,
-            s_first, n_steps, T, B, H, P,
-            HAS_LEN=lengths is not None, REVERSE=bool(reverse), SAVE=bool(save), PROJ=proj,
+            b["xp"], b["w_hh"], b["w_hr"], b["lens"], b["out"], b["gates"], b["cs"], b["hbuf"],
+            b["cbuf"], b["hh"], b["sync"], s_first, n_steps, T, B, H, P, **flags,
             DO_CELL=do_cell, DO_PROJ=do_proj, NPH=do_cell + do_proj, SYNC=sync_mode,
-            DOT_F32=pl.dot_f32,
-            BB=pl.BB, BH=pl.BH, BK=pl.BK, num_warps=pl.num_warps, num_stages=pl.num_stages)
+            DOT_F32=pl.dot_f32, BB=pl.BB, BH=pl.BH, BK=pl.BK, **pl.launch_options())
+
+    def steps(b):
+        for s in range(T):
+            launch(b, s, 1, 1, 0, 0)
+            if proj:
+                launch(b, s, 1, 0, 1, 0)
 
     if B > 0:
         with _plan.device_guard(xp):
             if pl.strategy == "step":
-                for s in range(T):
-                    launch(s, 1, 1, 0, 0)
-                    if proj:
-                        launch(s, 1, 0, 1, 0)
+                _graphs.run("lstm_fwd", bufs, ("out", "gates", "cs", "hbuf", "cbuf"),
+                            (T, B, H, P, pl, tuple(flags.items())), steps)
             else:
-                launch(0, T, 1, int(proj), pl.sync)
+                launch(bufs, 0, T, 1, int(proj), pl.sync)
                 _plan.check_sync(pl, sync)
     fin = T % 2
     # copies: a view into the ping-pong buffers would alias them and carry a storage offset
@@ -300,24 +307,31 @@ def backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, o
     dummy = dc
     lens = lengths if lengths is not None else dummy
 
-    def launch(s_first, n_steps, do_a, do_b, sync_mode):
+    bufs = dict(grad_out=grad_out, grad_hn=grad_hn, c0=c0, w_hh=w_hh,
+                w_hr=w_hr if proj else dummy, lens=lens, gates=gates, cs=cs, dxp=dxp, dh0=dh0,
+                dh_all=dh_all if proj else dummy, dg=dg, dc=dc, sync=sync)
+    flags = dict(HAS_LEN=lengths is not None, REVERSE=bool(reverse), PROJ=proj)
+
+    def launch(b, s_first, n_steps, do_a, do_b, sync_mode):
         _lstm_bwd_kernel[(nb, pl.nprog_h)](
-            grad_out, grad_hn, c0, w_hh, w_hr if proj else dummy, lens, gates, cs,
-            dxp, dh0, dh_all if proj else dummy, dg, dc, sync,
-            s_first, n_steps, T, B, H, P,
-            HAS_LEN=lengths is not None, REVERSE=bool(reverse), PROJ=proj,
+            b["grad_out"], b["grad_hn"], b["c0"], b["w_hh"], b["w_hr"], b["lens"], b["gates"],
+            b["cs"], b["dxp"], b["dh0"], b["dh_all"], b["dg"], b["dc"], b["sync"],
+            s_first, n_steps, T, B, H, P, **flags,
             DO_A=do_a, DO_B=do_b, NPH=(do_a + do_b) if proj else 1, SYNC=sync_mode,
-            DOT_F32=pl.dot_f32,
-            BB=pl.BB, BH=pl.BH, BK=pl.BK, num_warps=pl.num_warps, num_stages=pl.num_stages)
+            DOT_F32=pl.dot_f32, BB=pl.BB, BH=pl.BH, BK=pl.BK, **pl.launch_options())
+
+    def steps(b):
+        for s in range(T - 1, -2, -1):
+            launch(b, s, 1, 1, 0, 0)
+            if proj and s >= 0:
+                launch(b, s, 1, 0, 1, 0)
 
     if B > 0:
         with _plan.device_guard(h0):
             if pl.strategy == "step":
-                for s in range(T - 1, -2, -1):
-                    launch(s, 1, 1, 0, 0)
-                    if proj and s >= 0:
-                        launch(s, 1, 0, 1, 0)
+                _graphs.run("lstm_bwd", bufs, ("dxp", "dh0", "dh_all", "dc"),
+                            (T, B, H, P, pl, tuple(flags.items())), steps)
             else:
-                launch(T - 1, T + 1, 1, 1, pl.sync)
+                launch(bufs, T - 1, T + 1, 1, 1, pl.sync)
                 _plan.check_sync(pl, sync)
     return dxp, dh0, dc[0].to(dt, copy=True), dh_all

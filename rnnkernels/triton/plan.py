@@ -14,21 +14,20 @@ Strategies (see the kernel docstrings in ``lstm.py`` for the step structure):
     (W_hh is re-read from L2 every step). No launch overhead per step; suits small W_hh.
     This is the form that also runs under ``TRITON_INTERPRET=1`` (programs run one after another
     there, which is harmless because they are independent).
-``persistent-grid`` (CUDA only, opt-in, never chosen by ``auto``)
+``persistent-grid`` (CUDA only)
     As ``persistent``, but the hidden tiles of a batch tile are shared by ``nprog_h`` programs
     that meet at a grid barrier (atomic counter) between phases, so every SM streams only its
     slice of W_hh. Needs all programs resident: the launcher never asks for more programs than
-    SMs, and a barrier that spins for seconds sets a flag that makes the launcher raise rather
-    than hang. It would deadlock under the interpreter (programs run sequentially), so it
-    refuses to run there; its test is CUDA-only (not yet run on a GPU).
+    SMs, launches cooperatively where triton can (the launch fails rather than the barrier
+    waiting for a program that cannot start), and a barrier that still spins for seconds sets a
+    flag that makes the launcher raise rather than hang. It would deadlock under the interpreter
+    (programs run sequentially), so it refuses to run there.
 
-``auto`` picks ``persistent`` when one program has at most 16 tile products to do one after
-another per step (half types: H, P ≤ 128; fp32: ≤ 64), else ``step``. The model behind it: a
-``persistent`` program pays about one L2 round trip (~1 µs) per unpipelined tile product, a
-``step`` launch ~10-20 µs of host time per step but spreads the tiles over many SMs. The
-threshold and the tile sizes are untuned (no GPU was available when they were written);
-``triton.autotune`` is not used because a persistent launch consumes its state buffers (the
-tuner's repeated runs would start from a wrong h0).
+``auto`` (see ``_auto_strategy``, measured on an H200): ``persistent`` when one program has at
+most 4 tile products per step, ``persistent-grid`` on a GPU up to H, P ≤ 256 when every program
+gets at most 2 hidden tiles, else ``step``; under the interpreter ``persistent`` up to 16 tile
+products, else ``step``. ``triton.autotune`` is not used because a persistent launch consumes
+its state buffers (the tuner's repeated runs would start from a wrong h0).
 
 Override with ``RNNKERNELS_TRITON_STRATEGY=step|persistent|persistent-grid`` or the
 ``strategy(...)`` context manager (the context manager wins); tile sizes with ``tuning(...)``
@@ -38,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 from dataclasses import dataclass
 
@@ -46,6 +46,8 @@ import torch
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 STRATEGIES = ("auto", "step", "persistent", "persistent-grid")
 _PERSISTENT_MAX_SERIAL_TILES = 16
+_PERSISTENT_ALONE_MAX_SERIAL_TILES = 4
+_GRID_MAX_WIDTH = 256
 _MAX_GRID_Y = 65535
 
 _strategy = contextvars.ContextVar("rnnkernels_triton_strategy", default=None)
@@ -126,6 +128,24 @@ class Plan:
     def grid_b(self, B: int) -> int:
         return triton_cdiv(B, self.BB)
 
+    def launch_options(self) -> dict:
+        """Keyword options of the kernel launch. A grid-barrier plan is launched cooperatively
+        where this triton can (all programs co-resident, or the launch itself fails: never a
+        spinning barrier that waits for a program that cannot start)."""
+        opts = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.sync == 2 and _cooperative_launch_supported():
+            opts["launch_cooperative_grid"] = True
+        return opts
+
+
+@functools.lru_cache(maxsize=None)
+def _cooperative_launch_supported() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions  # noqa: PLC0415
+    except Exception:  # noqa: BLE001 - no NVIDIA backend: no cooperative launch
+        return False
+    return "launch_cooperative_grid" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
 
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
@@ -152,14 +172,35 @@ def _serial_tiles(dtype: torch.dtype, H: int, P: int, has_proj: bool) -> int:
     return n
 
 
+def _auto_strategy(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int,
+                   has_proj: bool) -> str:
+    """``auto``'s choice. Measured on an H200 (fp32 inference, T=200, B=1 and 64, LSTM and GRU;
+    bench/results/cuda-triton-strategy-*.jsonl): ``step`` costs ~33 µs of launch per step at
+    every H ≤ 512; ``persistent`` wins only at H=32 (4.4 µs/step) and falls far behind from
+    H=128 on (one SM streams all of W_hh); ``persistent-grid`` wins from H=64 to H=256 (7 to
+    19 µs/step, 2-5x ``step``). So: one program where it has at most 4 tile products per step,
+    the grid variant on a GPU where every program has at most 2 hidden tiles and
+    max(H, P) ≤ 256, else ``step``. (The interpreter cannot run the grid variant: it keeps the
+    older rule of up to 16 tile products in one program.)"""
+    serial = _serial_tiles(dtype, H, P, has_proj)
+    if serial <= _PERSISTENT_ALONE_MAX_SERIAL_TILES:
+        return "persistent"
+    if not INTERPRET and device.type == "cuda" and max(H, P) <= _GRID_MAX_WIDTH:
+        BB, BH = 16, (32 if dtype != torch.float32 else 16)
+        n_tiles = triton_cdiv(max(H, P), BH)
+        nprog_h = min(n_tiles, _num_sms(device) // triton_cdiv(B, BB))
+        if nprog_h >= 1 and triton_cdiv(n_tiles, nprog_h) <= 2:
+            return "persistent-grid"
+    return "persistent" if serial <= _PERSISTENT_MAX_SERIAL_TILES else "step"
+
+
 def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, G: int,
               has_proj: bool) -> Plan:
     """The strategy and launch configuration of one scan (forward or backward)."""
     name = requested_strategy()
     tune = _tuning.get()
     if name == "auto":
-        few = _serial_tiles(dtype, H, P, has_proj) <= _PERSISTENT_MAX_SERIAL_TILES
-        name = "persistent" if few else "step"
+        name = _auto_strategy(device, dtype, B, H, P, has_proj)
     if name == "persistent-grid" and INTERPRET:
         raise RuntimeError("rnnkernels triton backend: strategy 'persistent-grid' spins on a grid "
                            "barrier and would deadlock under TRITON_INTERPRET=1 (programs run "
@@ -210,8 +251,12 @@ def sync_counters(pl: Plan, nb: int, device, dummy: torch.Tensor) -> torch.Tenso
 
 
 def check_sync(pl: Plan, counters: torch.Tensor) -> None:
-    """After a grid-barrier launch: raise if a barrier timed out (costs one host sync)."""
-    if pl.sync == 2 and int(counters[-1].item()) != 0:
+    """After a grid-barrier launch: raise if a barrier timed out (costs one host sync). Not while
+    a CUDA graph is being captured (no host sync is allowed there; the cooperative launch is
+    what guarantees co-residency then)."""
+    if pl.sync != 2 or torch.cuda.is_current_stream_capturing():
+        return
+    if int(counters[-1].item()) != 0:
         raise RuntimeError("rnnkernels triton backend: a grid barrier of 'persistent-grid' timed "
                            "out (its programs were not all resident on the GPU); the results are "
                            "invalid. Use strategy 'persistent' or 'step'.")

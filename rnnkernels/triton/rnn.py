@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import graphs as _graphs
 from . import plan as _plan
 from .cell import mma, rnn_cell_bwd, rnn_cell_fwd
 from .tiles import (batch_tile, load_tile, load_w, phase_sync, recurrent_carry,
@@ -109,22 +110,23 @@ def forward(xp, h0, w_hh, lengths, reverse, relu):
     hbuf[0].copy_(h0)
     nb = pl.grid_b(B)
     sync = _plan.sync_counters(pl, nb, dev, hbuf)
+    bufs = dict(xp=xp, w_hh=w_hh, lens=lengths if lengths is not None else hbuf, out=out,
+                hbuf=hbuf, sync=sync)
+    flags = dict(HAS_LEN=lengths is not None, REVERSE=bool(reverse), RELU=bool(relu))
 
-    def launch(s_first, n_steps, sync_mode):
+    def launch(b, s_first, n_steps, sync_mode):
         _rnn_fwd_kernel[(nb, pl.nprog_h)](
-            xp, w_hh, lengths if lengths is not None else hbuf, out, hbuf, sync,
-            s_first, n_steps, T, B, H,
-            HAS_LEN=lengths is not None, REVERSE=bool(reverse), RELU=bool(relu),
-            SYNC=sync_mode, DOT_F32=pl.dot_f32,
-            BB=pl.BB, BH=pl.BH, BK=pl.BK, num_warps=pl.num_warps, num_stages=pl.num_stages)
+            b["xp"], b["w_hh"], b["lens"], b["out"], b["hbuf"], b["sync"],
+            s_first, n_steps, T, B, H, **flags, SYNC=sync_mode, DOT_F32=pl.dot_f32,
+            BB=pl.BB, BH=pl.BH, BK=pl.BK, **pl.launch_options())
 
     if B > 0:
         with _plan.device_guard(xp):
             if pl.strategy == "step":
-                for s in range(T):
-                    launch(s, 1, 0)
+                _graphs.run("rnn_fwd", bufs, ("out", "hbuf"), (T, B, H, pl, tuple(flags.items())),
+                            lambda b: [launch(b, s, 1, 0) for s in range(T)])
             else:
-                launch(0, T, pl.sync)
+                launch(bufs, 0, T, pl.sync)
                 _plan.check_sync(pl, sync)
     return out, hbuf[T % 2].to(dt, copy=True)
 
@@ -138,21 +140,23 @@ def backward(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
     dg = _plan.empty((2, B, H), torch.float32, dev)
     nb = pl.grid_b(B)
     sync = _plan.sync_counters(pl, nb, dev, dg)
+    bufs = dict(grad_out=grad_out, grad_hn=grad_hn, w_hh=w_hh,
+                lens=lengths if lengths is not None else dg, out=out, dxp=dxp, dh0=dh0, dg=dg,
+                sync=sync)
+    flags = dict(HAS_LEN=lengths is not None, REVERSE=bool(reverse), RELU=bool(relu))
 
-    def launch(s_first, n_steps, sync_mode):
+    def launch(b, s_first, n_steps, sync_mode):
         _rnn_bwd_kernel[(nb, pl.nprog_h)](
-            grad_out, grad_hn, w_hh, lengths if lengths is not None else dg, out, dxp, dh0, dg,
-            sync, s_first, n_steps, T, B, H,
-            HAS_LEN=lengths is not None, REVERSE=bool(reverse), RELU=bool(relu),
-            SYNC=sync_mode, DOT_F32=pl.dot_f32,
-            BB=pl.BB, BH=pl.BH, BK=pl.BK, num_warps=pl.num_warps, num_stages=pl.num_stages)
+            b["grad_out"], b["grad_hn"], b["w_hh"], b["lens"], b["out"], b["dxp"], b["dh0"],
+            b["dg"], b["sync"], s_first, n_steps, T, B, H, **flags, SYNC=sync_mode,
+            DOT_F32=pl.dot_f32, BB=pl.BB, BH=pl.BH, BK=pl.BK, **pl.launch_options())
 
     if B > 0:
         with _plan.device_guard(h0):
             if pl.strategy == "step":
-                for s in range(T - 1, -2, -1):
-                    launch(s, 1, 0)
+                _graphs.run("rnn_bwd", bufs, ("dxp", "dh0"), (T, B, H, pl, tuple(flags.items())),
+                            lambda b: [launch(b, s, 1, 0) for s in range(T - 1, -2, -1)])
             else:
-                launch(T - 1, T + 1, pl.sync)
+                launch(bufs, T - 1, T + 1, pl.sync)
                 _plan.check_sync(pl, sync)
     return dxp, dh0
