@@ -22,6 +22,8 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -82,6 +84,9 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+_no_ctx = contextlib.nullcontext
 
 
 def _needs_grad(*tensors) -> bool:
@@ -172,19 +177,23 @@ def _stack(kind: str, name: str, input: Tensor, hx: list[Tensor], params: list[T
 
     h_n, c_n = [], []
     layer_in = x
-    for layer in range(num_layers):
-        outs = []
-        for d in range(dirs):
-            k = layer * dirs + d
-            out, h, c = _direction(kind, layer_in, hx[0][k], hx[1][k] if kind == "lstm" else None,
-                                   params[k * per:(k + 1) * per], has_biases, d == 1, lengths,
-                                   chosen, relu)
-            outs.append(out)
-            h_n.append(h)
-            c_n.append(c)
-        layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
-        if dropout > 0 and train and layer < num_layers - 1:
-            layer_in = _dropout(layer_in, dropout, mask)
+    # Everything is in `cast` now; autocast must not re-cast the GEMMs inside (a bfloat16 region
+    # would turn the float16 cuDNN-style run back into bfloat16).
+    with torch.autocast(input.device.type, enabled=False) if cast is not None else _no_ctx():
+        for layer in range(num_layers):
+            outs = []
+            for d in range(dirs):
+                k = layer * dirs + d
+                out, h, c = _direction(kind, layer_in, hx[0][k],
+                                       hx[1][k] if kind == "lstm" else None,
+                                       params[k * per:(k + 1) * per], has_biases, d == 1,
+                                       lengths, chosen, relu)
+                outs.append(out)
+                h_n.append(h)
+                c_n.append(c)
+            layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+            if dropout > 0 and train and layer < num_layers - 1:
+                layer_in = _dropout(layer_in, dropout, mask)
     output = layer_in
     if batch_sizes is not None:
         output = output[mask]

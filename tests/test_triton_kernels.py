@@ -302,12 +302,41 @@ def test_strategy_and_tuning_validation(monkeypatch):
     with tb.strategy("persistent"):  # the context manager wins over the environment
         assert plan.make_plan(dev, torch.float32, 3, 33, 33, 4, False).strategy == "persistent"
     monkeypatch.setenv("RNNKERNELS_TRITON_STRATEGY", "auto")
-    # auto: persistent while one program has at most 16 tile products per step (GPU tiles)
+    # auto (GPU tiles): one program up to 4 tile products per step; on a GPU the grid variant
+    # up to H, P <= 256; under the interpreter one program up to 16 tile products, else step
     auto = [plan.make_plan(dev, dt, 8, h, p, 4, proj).strategy for dt, h, p, proj in [
         (torch.float16, 128, 128, False), (torch.float16, 129, 128, False),
         (torch.float32, 64, 64, False), (torch.float32, 64, 80, False),
         (torch.bfloat16, 64, 64, True), (torch.bfloat16, 128, 96, True)]]
-    assert auto == ["persistent", "step"] * 3
+    assert auto == (["persistent", "step"] * 3 if plan.INTERPRET else ["persistent-grid"] * 6)
+    assert plan.make_plan(dev, torch.float32, 8, 32, 32, 4, False).strategy == "persistent"
+    assert plan.make_plan(dev, torch.float32, 8, 512, 512, 4, False).strategy == "step"
+    assert plan.make_plan(dev, torch.float32, 0, 64, 64, 4, False).strategy in (
+        "persistent", "persistent-grid")                  # B = 0 plans too (nothing launches)
+
+
+def test_auto_plan_on_a_gpu(monkeypatch):
+    """auto's GPU rule, planned without a GPU (132 SMs pretended): grid variant while every
+    program gets at most 2 hidden tiles, one program for tiny H, step beyond H = 256."""
+    from rnnkernels.triton import plan
+    monkeypatch.setattr(plan, "INTERPRET", False)
+    monkeypatch.setattr(plan, "_num_sms", lambda device: 132)
+    monkeypatch.delenv("RNNKERNELS_TRITON_STRATEGY", raising=False)
+    cuda = torch.device("cuda")
+
+    def pick(B, H, dt=torch.float32):
+        return plan.make_plan(cuda, dt, B, H, H, 4, False)
+
+    assert pick(1, 32).strategy == "persistent"
+    for B, H in [(1, 64), (64, 256), (0, 128), (256, 128)]:
+        pl = pick(B, H)
+        assert pl.strategy == "persistent-grid" and pl.sync == 2, (B, H)
+        assert max(1, plan.triton_cdiv(B, pl.BB)) * pl.nprog_h <= 132
+    assert pick(16, 512).strategy == "step"
+    assert pick(1024, 128).strategy == "step"          # 64 batch tiles x 4 hidden tiles each
+    assert pick(4096, 256).strategy == "step"          # 256 batch tiles: more than the SMs
+    assert pick(64, 256, torch.float16).strategy == "persistent-grid"
+    assert pick(64, 512, torch.float16).strategy == "step"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only behaviour")
@@ -338,7 +367,7 @@ def test_cuda_tensor_core_dot(dtype, strategy):
 @cuda_only
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
 def test_cuda_persistent_grid_barrier(cell):
-    """The opt-in grid-barrier variant (hidden tiles spread over programs) vs the oracle."""
+    """The grid-barrier variant (hidden tiles spread over programs), forced, vs the oracle."""
     for proj in ((0, 24) if cell == "LSTM" else (0,)):
         case = Case(cell, 11, 5, 100, proj=proj, lengths=[11, 3, 1, 7, 11], rev=True,
                     strategy="persistent-grid")

@@ -188,7 +188,7 @@ def _auto_strategy(device: torch.device, dtype: torch.dtype, B: int, H: int, P: 
     if not INTERPRET and device.type == "cuda" and max(H, P) <= _GRID_MAX_WIDTH:
         BB, BH = 16, (32 if dtype != torch.float32 else 16)
         n_tiles = triton_cdiv(max(H, P), BH)
-        nprog_h = min(n_tiles, _num_sms(device) // triton_cdiv(B, BB))
+        nprog_h = min(n_tiles, _num_sms(device) // max(1, triton_cdiv(B, BB)))
         if nprog_h >= 1 and triton_cdiv(n_tiles, nprog_h) <= 2:
             return "persistent-grid"
     return "persistent" if serial <= _PERSISTENT_MAX_SERIAL_TILES else "step"
@@ -231,7 +231,7 @@ def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, 
     elif name == "persistent":
         nprog_h, sync = 1, 1
     else:
-        nb = triton_cdiv(B, BB)
+        nb = max(1, triton_cdiv(B, BB))   # B = 0 plans too (nothing is launched then)
         nsm = _num_sms(device)
         nprog_h = tune.get("nprog_h", min(n_tiles, max(1, nsm // nb)))
         if nb * nprog_h > nsm:
