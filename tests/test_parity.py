@@ -101,6 +101,7 @@ def test_layer_parity(case, backend):
     with torch.no_grad():
         compare_runs(run_layer(our_mod, case, inputs, grad=False),
                      run_layer(ref_mod, case, inputs, grad=False), "no_grad")
+    assert len(calls) == 2 * 2 * 2, "the oneDNN projection was not taken (2 layers x 2 dirs x 2)"
 
 
 @pytest.mark.parametrize("env", [None, "reference"])
@@ -238,3 +239,30 @@ def test_requested_backends_are_available():
     missing = [n for n in wanted if n not in cpu_backends()]
     assert not missing, f"RNNKERNELS_TEST_BACKENDS asks for {missing}, not available on the CPU"
 
+
+
+# ------------------------------------------------------------------- the large-input projection
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_parity_through_the_onednn_projection(mode, backend, monkeypatch):
+    """Inputs of >= 2^16 elements take the oneDNN GEMM for x·W_ihᵀ + b (functional.py), with its
+    own backward; train and no_grad must still match torch.nn (all grads, bias included)."""
+    if backend not in cpu_backends():
+        pytest.skip(f"backend {backend!r} not available")
+    from rnnkernels import functional
+    case = parse_spec(f"{mode} L2 bidir h0 S fp32")
+    import dataclasses
+    case = dataclasses.replace(case, T=40, B=33, I=50, H=25)   # layer 2 reads 2H = 50
+    assert case.T * case.B * case.I >= 1 << 16
+    op = functional._onednn_linear()
+    if not op:
+        pytest.skip("oneDNN's linear is not available in this torch")
+    calls = []
+    monkeypatch.setattr(functional, "_ONEDNN_LINEAR", lambda *a: calls.append(1) or op(*a))
+    ref_mod, our_mod = make_twins(case.mode, backend, case.dtype, seed=5, **case.ctor())
+    inputs = make_inputs(case, seed=9)
+    compare_runs(run_layer(our_mod, case, inputs), run_layer(ref_mod, case, inputs), "train")
+    with torch.no_grad():
+        compare_runs(run_layer(our_mod, case, inputs, grad=False),
+                     run_layer(ref_mod, case, inputs, grad=False), "no_grad")
+    assert len(calls) == 2 * 2 * 2, "the oneDNN projection was not taken (2 layers x 2 dirs x 2)"

@@ -97,12 +97,16 @@ bool fused_supported(const ScanArgs& a) { return a.w_hr == nullptr && a.P == a.H
 Path choose_path(const ScanArgs& a, bool backward, int max_threads) {
   (void)max_threads;
   if (!fused_supported(a)) return Path::kGemm;
-  // Crossover measured with 2 threads, H = 256, fp32, T = 100 on an AVX2 (Zen 3) machine against
-  // MKL called through ATen: the fused forward (register-blocked GEMM on packed W_hh with the
-  // cell update on the accumulators) beats the per-step GEMM + pointwise pass up to B ≈ 64; the
-  // fused backward (column axpy tiles, no packing) up to B ≈ 24-32. Past that MKL's cache-blocked
-  // GEMM wins. The thresholds sit a little below the crossovers.
-  const int64_t max_batch = backward ? 24 : 48;
+  // Crossovers measured with 2 threads, H = 256, fp32, T = 100 on this project's AVX2 machine
+  // (AMD EPYC, 2 cores) against MKL called through ATen, interleaved runs, medians:
+  // forward: the fused kernel (register-blocked GEMM on packed W_hh, cell update on the
+  // accumulators) wins up to B = 256 for the LSTM (114 vs 147 ms at 256, 38 vs 62 at 64), up to
+  // B = 128 for the Elman RNN, and for the GRU until B = 96 (equal at 96-128, MKL ahead at 256);
+  // backward: the fused kernel (column axpy tiles, no packing) wins up to B = 16-24 and ties at
+  // 32; past that MKL's cache-blocked GEMM is ahead (33 vs 39 ms for the LSTM at 64).
+  int64_t max_batch = 32;
+  if (!backward)
+    max_batch = a.cell == Cell::kLSTM ? 256 : (a.cell == Cell::kGRU ? 96 : 128);
   return a.sched.B <= max_batch ? Path::kFused : Path::kGemm;
 }
 
