@@ -60,7 +60,8 @@ def _extension():
     with_cuda = (torch.version.cuda is not None and nvcc is not None and os.path.exists(nvcc)
                  and not _flag("RNNKERNELS_NO_CUDA"))
 
-    sources = _rel("python/ext.cpp") + _rel("python/cpu_ops.cpp") + _rel("csrc/cpu/*.cpp")
+    sources = (_rel("python/ext.cpp") + _rel("python/cpu_ops.cpp") + _rel("python/cpu_pool.cpp")
+               + _rel("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc"),
                     os.path.join(ROOT, "python")]
     # -O3 for the vector code; -g0 to halve the build time of the ATen-heavy files; OpenMP for the

@@ -9,6 +9,7 @@
 #include <string>
 #include <tuple>
 
+#include "cpu_pool.h"
 #include "options.h"
 #include "rnnkernels/scan_params.h"
 
@@ -98,8 +99,9 @@ inline const void* ptr(const Tensor& t) {
 inline void* mptr(const Tensor& t) { return t.defined() && t.numel() ? t.data_ptr() : nullptr; }
 
 // Allocation of outputs and scratch: uninitialised, or NaN when Options::poison is set.
+// Large CPU buffers come from cpu_pool (kept mapped between calls: no page faults).
 inline Tensor alloc(at::IntArrayRef shape, const at::TensorOptions& opts) {
-  Tensor t = at::empty(shape, opts);
+  Tensor t = pooled_empty(shape, opts);
   if (options().poison && t.numel() > 0) t.fill_(std::numeric_limits<double>::quiet_NaN());
   return t;
 }

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cpu/scan_cpu.h"
+#include "cpu_pool.h"
 #include "options.h"
 
 namespace rnnk {
@@ -40,9 +41,18 @@ void set_option(const std::string& name, const std::string& value) {
     TORCH_CHECK(cpu::set_isa(value.c_str()), "rnnkernels_C.set_option: cpu_isa '", value,
                 "' is not available here (expected 'auto', 'generic' or, on an AVX2+FMA CPU, "
                 "'avx2')");
+  } else if (name == "cpu_pool_mb") {
+    int64_t mb = -1;
+    try {
+      mb = std::stoll(value);
+    } catch (const std::exception&) {
+    }
+    TORCH_CHECK(mb >= 0, "rnnkernels_C.set_option: cpu_pool_mb must be an integer >= 0, got '",
+                value, "'");
+    set_pool_limit_mb(mb);
   } else {
     TORCH_CHECK(false, "rnnkernels_C.set_option: unknown option '", name,
-                "' (expected cpu_path, cuda_path, cpu_isa or poison)");
+                "' (expected cpu_path, cuda_path, cpu_isa, cpu_pool_mb or poison)");
   }
 }
 
@@ -51,6 +61,8 @@ std::string get_option(const std::string& name) {
   if (name == "cuda_path") return options().cuda_path;
   if (name == "cpu_isa") return cpu::isa();
   if (name == "poison") return options().poison ? "1" : "0";
+  if (name == "cpu_pool_mb") return std::to_string(pool_limit_mb());
+  if (name == "cpu_pool_cached_bytes") return std::to_string(pool_cached_bytes());
   TORCH_CHECK(false, "rnnkernels_C.get_option: unknown option '", name, "'");
   return "";
 }

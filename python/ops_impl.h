@@ -56,7 +56,7 @@ Checker checker(const char* fn, const Tensor& like) {
 inline Tensor alloc_ws(bool save, at::IntArrayRef shape, const Tensor& lengths,
                        const at::TensorOptions& acc) {
   if (!save) return alloc({0}, acc);
-  return lengths.defined() ? at::zeros(shape, acc) : alloc(shape, acc);
+  return lengths.defined() ? pooled_empty(shape, acc).zero_() : alloc(shape, acc);
 }
 
 inline void check_3d(const Checker& ck, const Tensor& t, const char* name) {

@@ -340,3 +340,41 @@ def test_package_imports_without_the_extension():
     lines = res.stdout.splitlines()
     assert "not available" in lines[0] and "not available" in lines[1]
     assert lines[2].startswith("raised") and "not available" in lines[2]
+
+
+@pytest.mark.skipif(not ext.AVAILABLE, reason="rnnkernels._C is not built")
+def test_cpu_pool_reuses_blocks_without_aliasing():
+    """Outputs of >= 1 MiB come from the extension's block pool (python/cpu_pool.cpp): live
+    outputs never share memory, a freed block is reused for the next call of that size, results
+    stay right, and cpu_pool_mb=0 turns pooling off and frees the cached blocks."""
+    old = ext.get_option("cpu_pool_mb")
+    try:
+        ext.set_option("cpu_pool_mb", "64")
+        T, B, H = 64, 64, 64                      # out: exactly 1 MiB of float32
+        g = torch.Generator().manual_seed(3)
+        w = torch.randn(H, H, generator=g) * H ** -0.5
+        h0 = torch.zeros(B, H)
+        xs = [torch.randn(T, B, H, generator=g) for _ in range(3)]
+        want = [ref.rnn_forward(x, h0, w, None, False, False, False)[0] for x in xs]
+        a = ext.cpu.rnn_forward(xs[0], h0, w, None, False, False, False)[0]
+        b = ext.cpu.rnn_forward(xs[1], h0, w, None, False, False, False)[0]
+        assert a.data_ptr() != b.data_ptr()
+        torch.testing.assert_close(a, want[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, want[1], rtol=1e-5, atol=1e-6)
+        ptr_a = a.data_ptr()
+        del a
+        assert int(ext.get_option("cpu_pool_cached_bytes")) >= T * B * H * 4
+        c = ext.cpu.rnn_forward(xs[2], h0, w, None, False, False, False)[0]
+        assert c.data_ptr() == ptr_a, "the freed block was not reused"
+        torch.testing.assert_close(c, want[2], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, want[1], rtol=1e-5, atol=1e-6)   # untouched by c
+        c.add_(1.0)                               # an ordinary, writable CPU tensor
+        del b, c
+        ext.set_option("cpu_pool_mb", "0")
+        assert ext.get_option("cpu_pool_cached_bytes") == "0"
+        d = ext.cpu.rnn_forward(xs[0], h0, w, None, False, False, False)[0]
+        torch.testing.assert_close(d, want[0], rtol=1e-5, atol=1e-6)
+        with pytest.raises(RuntimeError, match="cpu_pool_mb"):
+            ext.set_option("cpu_pool_mb", "-1")
+    finally:
+        ext.set_option("cpu_pool_mb", old)
