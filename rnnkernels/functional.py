@@ -127,10 +127,14 @@ class _OneDNNLinear(torch.autograd.Function):
     calls autograd would make: dx = g·W, dW = gᵀ·x, db = Σ g)."""
 
     @staticmethod
-    def forward(ctx, x, w, b):
+    def forward(x, w, b):
+        return _onednn_linear()(x, w, b, "none", [], "")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):   # the torch.func-compatible form
+        x, w, b = inputs
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return _onednn_linear()(x, w, b, "none", [], "")
 
     @staticmethod
     def backward(ctx, g):
