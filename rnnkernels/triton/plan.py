@@ -162,10 +162,15 @@ def dot_f32(dtype: torch.dtype, device: torch.device) -> bool:
     return False
 
 
+def _gpu_tiles(dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BB, BH, BK) of the compiled kernels: see make_plan for why these sizes."""
+    return (16, 32, 32) if dtype != torch.float32 else (16, 16, 16)
+
+
 def _serial_tiles(dtype: torch.dtype, H: int, P: int, has_proj: bool) -> int:
     """Tile products one ``persistent`` program does one after another per step, counted with
     the GPU tiles (so ``auto`` decides the same under the interpreter)."""
-    bh, bk = (32, 32) if dtype != torch.float32 else (16, 16)
+    _, bh, bk = _gpu_tiles(dtype)
     n = triton_cdiv(H, bh) * triton_cdiv(P, bk)
     if has_proj:
         n += triton_cdiv(P, bh) * triton_cdiv(H, bk)
@@ -175,7 +180,7 @@ def _serial_tiles(dtype: torch.dtype, H: int, P: int, has_proj: bool) -> int:
 def _auto_strategy(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int,
                    has_proj: bool) -> str:
     """``auto``'s choice. Measured on an H200 (fp32 inference, T=200, B=1 and 64, LSTM and GRU;
-    bench/results/cuda-triton-strategy-*.jsonl): ``step`` costs ~33 µs of launch per step at
+    bench/results/gpu-h200-20261126/run2-triton-strategy.jsonl): ``step`` costs ~33 µs of launch per step at
     every H ≤ 512; ``persistent`` wins only at H=32 (4.4 µs/step) and falls far behind from
     H=128 on (one SM streams all of W_hh); ``persistent-grid`` wins from H=64 to H=256 (7 to
     19 µs/step, 2-5x ``step``). So: one program where it has at most 4 tile products per step,
@@ -186,7 +191,7 @@ def _auto_strategy(device: torch.device, dtype: torch.dtype, B: int, H: int, P: 
     if serial <= _PERSISTENT_ALONE_MAX_SERIAL_TILES:
         return "persistent"
     if not INTERPRET and device.type == "cuda" and max(H, P) <= _GRID_MAX_WIDTH:
-        BB, BH = 16, (32 if dtype != torch.float32 else 16)
+        BB, BH, _ = _gpu_tiles(dtype)
         n_tiles = triton_cdiv(max(H, P), BH)
         nprog_h = min(n_tiles, _num_sms(device) // max(1, triton_cdiv(B, BB)))
         if nprog_h >= 1 and triton_cdiv(n_tiles, nprog_h) <= 2:
@@ -216,8 +221,7 @@ def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, 
         # the kernels fit in 255 registers without spilling at BB×BH×BK = 16×32×32 for half
         # types and 16×16×16 for fp32 (its FMA dot keeps both operands in registers); BB = 32
         # or BK = 64 already spill. Untimed: no GPU was available to tune them.
-        BB = 16
-        BH, BK = (32, 32) if dtype != torch.float32 else (16, 16)
+        BB, BH, BK = _gpu_tiles(dtype)
     BB = tune.get("block_b", BB)
     BH = tune.get("block_h", BH)
     BK = tune.get("block_k", BK)
@@ -251,10 +255,11 @@ def sync_counters(pl: Plan, nb: int, device, dummy: torch.Tensor) -> torch.Tenso
 
 
 def check_sync(pl: Plan, counters: torch.Tensor) -> None:
-    """After a grid-barrier launch: raise if a barrier timed out (costs one host sync). Not while
-    a CUDA graph is being captured (no host sync is allowed there; the cooperative launch is
-    what guarantees co-residency then)."""
-    if pl.sync != 2 or torch.cuda.is_current_stream_capturing():
+    """After a grid-barrier launch: raise if a barrier timed out (costs one host sync). Not
+    after a cooperative launch (co-residency is guaranteed, the barrier cannot starve: no host
+    sync per call then) nor while a CUDA graph is being captured (no host sync is allowed)."""
+    if (pl.sync != 2 or "launch_cooperative_grid" in pl.launch_options()
+            or torch.cuda.is_current_stream_capturing()):
         return
     if int(counters[-1].item()) != 0:
         raise RuntimeError("rnnkernels triton backend: a grid barrier of 'persistent-grid' timed "
