@@ -220,7 +220,8 @@ def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, 
         # Small tiles: compiled for sm_90 by triton 3.9 (``python -m rnnkernels.triton.aot``)
         # the kernels fit in 255 registers without spilling at BB×BH×BK = 16×32×32 for half
         # types and 16×16×16 for fp32 (its FMA dot keeps both operands in registers); BB = 32
-        # or BK = 64 already spill. Untimed: no GPU was available to tune them.
+        # or BK = 64 already spill. On an H200 the step kernel's hidden tile was swept at H=512
+        # (block_h 16-128 × 2-8 warps): 16 with 4 warps was fastest (gpu-h200-20261126/run2).
         BB, BH, BK = _gpu_tiles(dtype)
     BB = tune.get("block_b", BB)
     BH = tune.get("block_h", BH)
