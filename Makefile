@@ -25,8 +25,8 @@ $(VENV)/.deps: requirements-dev.txt
 
 # The package in editable mode; rebuilds the C++/CUDA extension when its sources change.
 $(VENV)/.ext: $(VENV)/.deps setup.py $(EXT_SRC)
-	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(VPY) -c "import rnnkernels, rnnkernels.ext as e; print('rnnkernels', rnnkernels.__version__, '| extension:', 'built' if e.AVAILABLE else 'NOT available: ' + str(e.ERROR))"
+	RNNKERNELS_REQUIRE_EXT=1 $(VPY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(VPY) -c "import rnnkernels, rnnkernels.backends.compiled as e; print('rnnkernels', rnnkernels.__version__, '| extension:', 'built' if e.AVAILABLE else 'NOT available: ' + str(e.ERROR))"
 	touch $@
 
 test: venv

@@ -11,8 +11,9 @@ Environment switches: ``RNNKERNELS_NO_EXT=1`` skips the extension, ``RNNKERNELS_
 the CPU-only one even where CUDA is available, ``MAX_JOBS`` limits ninja's parallel jobs.
 
 A failed extension build does not fail the installation: the package then runs on the
-``reference`` and ``triton`` backends, ``rnnkernels.ext.AVAILABLE`` is False and the reason is
-printed here (``pip install -v`` shows it).
+``reference`` and ``triton`` backends, ``rnnkernels.backends.compiled.AVAILABLE`` is False and the reason is
+printed here (``pip install -v`` shows it). With ``RNNKERNELS_REQUIRE_EXT=1`` (the Makefile sets it,
+so ``make test`` and CI do) a missing torch or a failed build fails the installation instead.
 
 No ``-march`` flag: the CPU kernels are compiled twice, generic and with AVX2+FMA enabled for
 those functions only, and the extension picks one at run time (csrc/cpu/scan_dispatch.cpp), so a
@@ -42,6 +43,10 @@ def _rel(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _required() -> bool:
+    return _flag("RNNKERNELS_REQUIRE_EXT")
+
+
 def _extension():
     """(ext_modules, cmdclass) for rnnkernels._C, or ([], {}) when it is not to be built."""
     if _flag("RNNKERNELS_NO_EXT"):
@@ -51,8 +56,11 @@ def _extension():
         import torch
         from torch.utils import cpp_extension as ce
     except Exception as exc:  # build isolation without torch, or a broken torch
-        _say(f"torch is not importable ({exc}); not building rnnkernels._C. "
-             "Install torch first and use `pip install --no-build-isolation -e .`")
+        msg = (f"torch is not importable ({exc}); not building rnnkernels._C. "
+               "Install torch first and use `pip install --no-build-isolation -e .`")
+        if _required():
+            raise RuntimeError(f"{msg} (RNNKERNELS_REQUIRE_EXT is set)") from exc
+        _say(msg)
         return [], {}
 
     nvcc = shutil.which("nvcc") or (
@@ -93,6 +101,8 @@ def _extension():
             try:
                 super().run()
             except Exception as exc:  # CompileError, ninja's RuntimeError, a missing compiler...
+                if _required():
+                    raise
                 _say("building the C++/CUDA extension rnnkernels._C FAILED; rnnkernels is "
                      "installed without it and runs on the reference/triton backends. "
                      f"Reason: {type(exc).__name__}: {exc}")

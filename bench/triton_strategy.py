@@ -1,5 +1,5 @@
 """Triton launch strategies and step-kernel tiles on a GPU, against cuDNN: data to place the
-``auto`` threshold of ``rnnkernels/triton/plan.py``.
+``auto`` threshold of ``rnnkernels/backends/triton/plan.py``.
 
     python -m bench.triton_strategy [--out DIR] [--quick]
 
@@ -38,7 +38,7 @@ def main() -> int:
     p.add_argument("--device", default="cuda")
     args = p.parse_args()
     import rnnkernels
-    import rnnkernels.triton as rt
+    import rnnkernels.backends.triton as rt
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

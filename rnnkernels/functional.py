@@ -22,19 +22,17 @@ Example::
 """
 from __future__ import annotations
 
-import contextlib
+from contextlib import nullcontext as _no_ctx
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import backends, ops
+from .cells import CELLS, CellSpec
 
 __all__ = ["lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell",
            "rnn_relu_cell"]
-
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
 
 # ------------------------------------------------------------------------------ packing helpers
 def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -61,7 +59,34 @@ def _dropout(layer_out: Tensor, p: float, mask: Tensor | None) -> Tensor:
     return layer_out.new_zeros(layer_out.shape).index_put((mask,), dropped)
 
 
-# --------------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------- the steps of a stack
+# _stack runs them in this order; each is a function of its own so it can be read and tested alone.
+def _params_per_direction(name: str, params: list[Tensor], num_layers: int, dirs: int) -> int:
+    """How many tensors each (layer, direction) has: 2 or 4 (+1 with a projection)."""
+    per = len(params) // (num_layers * dirs)
+    if per * num_layers * dirs != len(params):
+        raise ValueError(f"{name}: expected a multiple of {num_layers * dirs} parameters, "
+                         f"got {len(params)}")
+    return per
+
+
+def _autocast_dtype(input: Tensor) -> tuple[torch.dtype | None, bool]:
+    """(dtype the RNN runs in under autocast or None, whether torch runs it op by op).
+
+    Which of torch's two autocast behaviours to mirror: on CUDA with cuDNN usable, torch's
+    autocast wrapper of _cudnn_rnn runs the whole RNN in float16 whatever the autocast dtype (a
+    bfloat16 autocast region still gets float16 RNN outputs from torch.nn); elsewhere (CPU, or
+    CUDA with cuDNN off) torch runs its ATen cells op by op (see _autocast_output_dtypes).
+    Autocast casts fp32 only: a float64 model stays float64.
+    """
+    device_type = input.device.type
+    if input.dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+        return None, False
+    cast = torch.get_autocast_dtype(device_type)
+    op_by_op = not (device_type == "cuda" and torch.backends.cudnn.is_acceptable(input))
+    return (cast if op_by_op else torch.float16), op_by_op
+
+
 def _check_consistent(name: str, x: Tensor, hx: list[Tensor], params: list[Tensor]) -> None:
     for i, h in enumerate(hx):
         if h.dtype != x.dtype:
@@ -79,27 +104,31 @@ def _check_consistent(name: str, x: Tensor, hx: list[Tensor], params: list[Tenso
                                f"input on {x.device} and a parameter on {p.device}")
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype for ``device_type`` if autocast is on there (torch runs RNNs in it)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
+def _to_time_major(input: Tensor, batch_sizes: Tensor | None, batch_first: bool):
+    """(x [T, B, I], packing mask [T, B] or None, lengths [B] or None) of the caller's input."""
+    if batch_sizes is not None:
+        x, mask, lengths = packed_to_padded(input, batch_sizes)
+        return x, mask, lengths.to(input.device)
+    x = input.transpose(0, 1) if batch_first else input
+    if x.shape[0] == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    return x, None, None
 
 
-_no_ctx = contextlib.nullcontext
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def _from_time_major(output: Tensor, mask: Tensor | None, batch_first: bool) -> Tensor:
+    """The caller's layout of the last layer's output (packed data, or batch first)."""
+    if mask is not None:
+        return output[mask]
+    return output.transpose(0, 1) if batch_first else output
 
 
 @torch._dynamo.assume_constant_result
-def _resolve(backend: str, device_type: str, dtype: torch.dtype, H: int, I: int, P: int) -> str:
+def _resolve(backend: str, device_type: str, dtype: torch.dtype) -> str:
     """The backend for a call. Under torch.compile it runs once at trace time and its answer is a
-    constant of the graph (it imports modules, reads the environment and may warn). It sees only
-    sizes fixed by the parameters, so a dynamic T or B never retraces it; a backend handles any
-    T and B itself (choosing among its own variants)."""
-    return backends.resolve(backend, device_type, dtype, H=H, I=I, P=P)
+    constant of the graph (it imports modules, reads the environment and may warn). It depends on
+    no size, so a dynamic T or B never retraces it; a backend handles any size itself (choosing
+    among its own variants)."""
+    return backends.resolve(backend, device_type, dtype)
 
 
 # ------------------------------------------------------------------------------ one direction
@@ -149,10 +178,9 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     """xp = x·W_ihᵀ + bias for all steps at once, [T, B, G·H] contiguous.
 
     On the CPU in float32 this is oneDNN's GEMM (``mkldnn._linear_pointwise``, the one torch's
-    own inference uses): at [6400, 256]·[256, 1024] + bias on this project's 2-core AVX2 machine
-    26 ms against 38 ms for ``F.linear`` on the 3-D input (MKL, plus a copy of the broadcast
-    bias into the output first), interleaved runs, medians. Anywhere else (GPU, other dtypes,
-    small inputs, torch.compile, which cannot trace that op) ``F.linear``."""
+    own inference uses), faster than ``F.linear`` on the 3-D input (MKL, plus a copy of the
+    broadcast bias into the output first): bench/results/cpu-20261126/README.md. Anywhere else
+    (GPU, other dtypes, small inputs, torch.compile, which cannot trace that op) ``F.linear``."""
     if (x.device.type == "cpu" and x.dtype == torch.float32 and w_ih.dtype == torch.float32
             and (bias is None or bias.dtype == torch.float32) and x.numel() >= 1 << 16
             and not torch.compiler.is_compiling() and _onednn_linear()):
@@ -161,122 +189,97 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     return F.linear(x, w_ih, bias).contiguous()
 
 
-def _direction(kind: str, x: Tensor, h0: Tensor, c0: Tensor | None, p: list[Tensor],
-               has_biases: bool, reverse: bool, lengths: Tensor | None, backend: str,
-               relu: bool):
-    """Run one layer in one direction: projection GEMM + the scan op. x is [T, B, I]."""
-    w_ih, w_hh = p[0], p[1]
-    b_ih, b_hh = (p[2], p[3]) if has_biases else (None, None)
-    w_hr = p[-1] if (kind == "lstm" and len(p) in (3, 5)) else None
-    b_hn = None
+def _layer_weights(cell: CellSpec, p: list[Tensor], has_biases: bool):
+    """(w_ih, w_hh, projection bias, b_hn, w_hr) of one (layer, direction) in torch's order
+    [w_ih, w_hh, (b_ih, b_hh), (w_hr)]; the projection bias folds b_ih and b_hh together, except
+    the part of b_hh a cell keeps inside its scan (GRU's b_hn)."""
+    w_ih, w_hh = p[0], p[1].contiguous()
+    w_hr = p[-1].contiguous() if cell.projection and len(p) in (3, 5) else None
     if not has_biases:
-        bias = None
-    elif kind == "gru":
+        return w_ih, w_hh, None, None, w_hr
+    b_ih, b_hh = p[2], p[3]
+    if cell.hidden_bias_in_scan:
         # b_hn stays inside r ⊙ (h·W_hnᵀ + b_hn); only b_hr and b_hz fold into the projection.
-        H = b_hh.shape[0] // 3
-        bias = b_ih + torch.cat([b_hh[:2 * H], torch.zeros_like(b_hh[2 * H:])])
-        b_hn = b_hh[2 * H:].contiguous()
-    else:
-        bias = b_ih + b_hh
-    xp = _input_projection(x, w_ih, bias)
-    h0, w_hh = h0.contiguous(), w_hh.contiguous()
-    if kind == "lstm":
-        c0 = c0.contiguous()
-        w_hr = None if w_hr is None else w_hr.contiguous()
-        save = _needs_grad(xp, h0, c0, w_hh, w_hr)
-        out, h_n, c_n, _, _ = ops.lstm_scan(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, backend)
-        return out, h_n, c_n
-    if kind == "gru":
-        save = _needs_grad(xp, h0, w_hh, b_hn)
-        out, h_n, _, _ = ops.gru_scan(xp, h0, w_hh, b_hn, lengths, reverse, save, backend)
-        return out, h_n, None
-    save = _needs_grad(xp, h0, w_hh)
-    out, h_n = ops.rnn_scan(xp, h0, w_hh, lengths, reverse, relu, save, backend)
-    return out, h_n, None
+        b_n = cell.gate_block(b_hh, "n")
+        bias = b_ih + torch.cat([b_hh[:-b_n.shape[0]], torch.zeros_like(b_n)])
+        return w_ih, w_hh, bias, b_n.contiguous(), w_hr
+    return w_ih, w_hh, b_ih + b_hh, None, w_hr
+
+
+def _run_layers(cell: CellSpec, x: Tensor, hx: list[Tensor], params: list[Tensor], per: int,
+                has_biases: bool, num_layers: int, dirs: int, dropout: float, train: bool,
+                mask: Tensor | None, lengths: Tensor | None, backend: str, relu: bool):
+    """Layers × directions: for each, the projection GEMM then the scan op. Returns the last
+    layer's output [T, B, D·P] and the final states, one list per state (h, c) over L·D."""
+    finals: list[list[Tensor]] = [[] for _ in cell.states]
+    layer_in = x
+    scan = ops.SCANS[cell.name]
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w_ih, w_hh, bias, b_hn, w_hr = _layer_weights(cell, params[k * per:(k + 1) * per],
+                                                          has_biases)
+            xp = _input_projection(layer_in, w_ih, bias)
+            out, states = scan(xp, tuple(h[k].contiguous() for h in hx), w_hh, w_hr, b_hn,
+                               lengths, d == 1, relu, backend)
+            outs.append(out)
+            for acc, state in zip(finals, states):
+                acc.append(state)
+        layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+        if dropout > 0 and train and layer < num_layers - 1:
+            layer_in = _dropout(layer_in, dropout, mask)
+    return layer_in, finals
+
+
+def _autocast_output_dtypes(cell: CellSpec, cast: torch.dtype, state_dtypes: list[torch.dtype],
+                            projected: bool, output: Tensor, finals: list[Tensor]):
+    """CPU autocast has no RNN entry: torch.nn runs its ATen cells op by op, the GEMMs in
+    ``cast`` and the elementwise update in the promoted dtype of the gates and the incoming
+    state. So a state updated elementwise from its previous value keeps the caller's state dtype
+    (GRU h, LSTM c, and LSTM h = o⊙tanh(c) unless a projection GEMM produces it); the Elman
+    RNN's h (an activation of a GEMM result) stays in ``cast``. The output follows h. (CUDA
+    autocast with cuDNN runs the whole RNN in float16, which the kernels already do.)"""
+    promoted = dict(cell.autocast_promoted_from)
+    if projected:
+        promoted.pop("h", None)
+    index = {name: i for i, name in enumerate(cell.states)}
+    finals = list(finals)
+    for name, source in promoted.items():
+        dt = torch.promote_types(cast, state_dtypes[index[source]])
+        finals[index[name]] = finals[index[name]].to(dt)
+        if name == "h":
+            output = output.to(dt)
+    return output, finals
 
 
 # --------------------------------------------------------------------------------- the stack
-def _stack(kind: str, name: str, input: Tensor, hx: list[Tensor], params: list[Tensor],
+def _stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: list[Tensor],
            has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
            batch_first: bool, batch_sizes: Tensor | None, backend: str, relu: bool = False):
+    """A whole multi-layer call; returns (output, *final states) in the caller's layout."""
     params = list(params)
     dirs = 2 if bidirectional else 1
-    per = len(params) // (num_layers * dirs)
-    if per * num_layers * dirs != len(params):
-        raise ValueError(f"{name}: expected a multiple of {num_layers * dirs} parameters, "
-                         f"got {len(params)}")
-    cast = _autocast_dtype(input.device.type)
-    if input.dtype == torch.float64:
-        cast = None            # autocast casts fp32 only; a float64 model stays float64
+    per = _params_per_direction(name, params, num_layers, dirs)
+    cast, op_by_op = _autocast_dtype(input)
     state_dtypes = [h.dtype for h in hx]
-    # Which of torch's two autocast behaviours to mirror: on CUDA with cuDNN usable, torch's
-    # autocast wrapper of _cudnn_rnn runs the whole RNN in float16 whatever the autocast dtype
-    # (a bfloat16 autocast region still gets float16 RNN outputs from torch.nn); elsewhere (CPU,
-    # or CUDA with cuDNN off) torch runs its ATen cells op by op (see the end of this function).
-    op_by_op = cast is not None and not (input.device.type == "cuda"
-                                         and torch.backends.cudnn.is_acceptable(input))
-    if cast is not None and not op_by_op:
-        cast = torch.float16
     if cast is not None:       # torch.nn runs the whole RNN in the autocast dtype; so do we
         input, hx = input.to(cast), [h.to(cast) for h in hx]
         params = [q.to(cast) for q in params]
     _check_consistent(name, input, hx, params)
-
-    mask = lengths = None
-    if batch_sizes is not None:
-        x, mask, lengths = packed_to_padded(input, batch_sizes)
-        lengths = lengths.to(input.device)
-    else:
-        x = input.transpose(0, 1) if batch_first else input
-        if x.shape[0] == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    H = params[1].shape[0] // _GATES[kind]
-    chosen = _resolve(backend, x.device.type, x.dtype, H, params[0].shape[1], params[1].shape[1])
-
-    h_n, c_n = [], []
-    layer_in = x
+    x, mask, lengths = _to_time_major(input, batch_sizes, batch_first)
+    chosen = _resolve(backend, x.device.type, x.dtype)
     # Everything is in `cast` now; autocast must not re-cast the GEMMs inside (a bfloat16 region
     # would turn the float16 cuDNN-style run back into bfloat16).
     with torch.autocast(input.device.type, enabled=False) if cast is not None else _no_ctx():
-        for layer in range(num_layers):
-            outs = []
-            for d in range(dirs):
-                k = layer * dirs + d
-                out, h, c = _direction(kind, layer_in, hx[0][k],
-                                       hx[1][k] if kind == "lstm" else None,
-                                       params[k * per:(k + 1) * per], has_biases, d == 1,
-                                       lengths, chosen, relu)
-                outs.append(out)
-                h_n.append(h)
-                c_n.append(c)
-            layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
-            if dropout > 0 and train and layer < num_layers - 1:
-                layer_in = _dropout(layer_in, dropout, mask)
-    output = layer_in
-    if batch_sizes is not None:
-        output = output[mask]
-    elif batch_first:
-        output = output.transpose(0, 1)
-    h_n = torch.stack(h_n, 0)
-    c_n = torch.stack(c_n, 0) if kind == "lstm" else None
+        output, finals = _run_layers(cell, x, hx, params, per, has_biases, num_layers, dirs,
+                                     dropout, train, mask, lengths, chosen, relu)
+    output = _from_time_major(output, mask, batch_first)
+    finals = [torch.stack(f, 0) for f in finals]
     if op_by_op:
-        # CPU autocast has no RNN entry: torch.nn runs its ATen cells op by op, the GEMMs in
-        # `cast` and the elementwise update in the promoted dtype of the gates and the incoming
-        # state. So the GRU state and the LSTM cell state keep the caller's state dtype (fp32),
-        # and so does the LSTM hidden state unless a projection GEMM produces it; the Elman RNN
-        # (activation of a GEMM result) stays in `cast`. (CUDA autocast with cuDNN runs the
-        # whole RNN in float16, which the kernels already do.)
-        if kind == "gru":
-            dt = torch.promote_types(cast, state_dtypes[0])
-            output, h_n = output.to(dt), h_n.to(dt)
-        elif kind == "lstm":
-            dt = torch.promote_types(cast, state_dtypes[1])
-            c_n = c_n.to(dt)
-            if len(params) // (num_layers * dirs) in (2, 4):     # no projection weight
-                output, h_n = output.to(dt), h_n.to(dt)
-    if kind == "lstm":
-        return output, h_n, c_n
-    return output, h_n
+        output, finals = _autocast_output_dtypes(cell, cast, state_dtypes, per in (3, 5),
+                                                 output, finals)
+    return (output, *finals)
 
 
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_biases: bool,
@@ -284,32 +287,32 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
          *, batch_sizes: Tensor | None = None, backend: str = "auto"):
     """Multi-layer LSTM. input [T,B,I] ([B,T,I] if batch_first; packed data [N,I] with
     ``batch_sizes``), hx = (h0 [L*D,B,P], c0 [L*D,B,H]) → (output [T,B,D*P], h_n, c_n)."""
-    return _stack("lstm", "LSTM", input, list(hx), params, has_biases, num_layers, dropout, train,
-                  bidirectional, batch_first, batch_sizes, backend)
+    return _stack(CELLS["lstm"], "LSTM", input, list(hx), params, has_biases, num_layers,
+                  dropout, train, bidirectional, batch_first, batch_sizes, backend)
 
 
 def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
         dropout: float, train: bool, bidirectional: bool, batch_first: bool,
         *, batch_sizes: Tensor | None = None, backend: str = "auto"):
     """Multi-layer GRU. input [T,B,I], hx = h0 [L*D,B,H] → (output [T,B,D*H], h_n)."""
-    return _stack("gru", "GRU", input, [hx], params, has_biases, num_layers, dropout, train,
-                  bidirectional, batch_first, batch_sizes, backend)
+    return _stack(CELLS["gru"], "GRU", input, [hx], params, has_biases, num_layers, dropout,
+                  train, bidirectional, batch_first, batch_sizes, backend)
 
 
 def rnn_tanh(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
              dropout: float, train: bool, bidirectional: bool, batch_first: bool,
              *, batch_sizes: Tensor | None = None, backend: str = "auto"):
     """Multi-layer Elman RNN with tanh. input [T,B,I], hx [L*D,B,H] → (output, h_n)."""
-    return _stack("rnn", "RNN", input, [hx], params, has_biases, num_layers, dropout, train,
-                  bidirectional, batch_first, batch_sizes, backend, relu=False)
+    return _stack(CELLS["rnn"], "RNN", input, [hx], params, has_biases, num_layers, dropout,
+                  train, bidirectional, batch_first, batch_sizes, backend, relu=False)
 
 
 def rnn_relu(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
              dropout: float, train: bool, bidirectional: bool, batch_first: bool,
              *, batch_sizes: Tensor | None = None, backend: str = "auto"):
     """Multi-layer Elman RNN with relu. input [T,B,I], hx [L*D,B,H] → (output, h_n)."""
-    return _stack("rnn", "RNN", input, [hx], params, has_biases, num_layers, dropout, train,
-                  bidirectional, batch_first, batch_sizes, backend, relu=True)
+    return _stack(CELLS["rnn"], "RNN", input, [hx], params, has_biases, num_layers, dropout,
+                  train, bidirectional, batch_first, batch_sizes, backend, relu=True)
 
 
 # ---------------------------------------------------------------------------------- the cells
@@ -321,8 +324,8 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
               b_ih: Tensor | None = None, b_hh: Tensor | None = None, *, backend: str = "auto"):
     """One LSTM step: input [B,I], hx = (h [B,H], c [B,H]) → (h', c')."""
     params = _cell_params(w_ih, w_hh, b_ih, b_hh)
-    _, h, c = _stack("lstm", "LSTMCell", input.unsqueeze(0), [hx[0][None], hx[1][None]], params,
-                     b_ih is not None, 1, 0.0, False, False, False, None, backend)
+    _, h, c = _stack(CELLS["lstm"], "LSTMCell", input.unsqueeze(0), [hx[0][None], hx[1][None]],
+                     params, b_ih is not None, 1, 0.0, False, False, False, None, backend)
     return h[0], c[0]
 
 
@@ -330,8 +333,8 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
              b_hh: Tensor | None = None, *, backend: str = "auto") -> Tensor:
     """One GRU step: input [B,I], hx [B,H] → h'."""
     params = _cell_params(w_ih, w_hh, b_ih, b_hh)
-    _, h = _stack("gru", "GRUCell", input.unsqueeze(0), [hx[None]], params, b_ih is not None, 1,
-                  0.0, False, False, False, None, backend)
+    _, h = _stack(CELLS["gru"], "GRUCell", input.unsqueeze(0), [hx[None]], params,
+                  b_ih is not None, 1, 0.0, False, False, False, None, backend)
     return h[0]
 
 
@@ -340,8 +343,8 @@ def rnn_tanh_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
                   backend: str = "auto") -> Tensor:
     """One Elman step with tanh: input [B,I], hx [B,H] → h'."""
     params = _cell_params(w_ih, w_hh, b_ih, b_hh)
-    _, h = _stack("rnn", "RNNCell", input.unsqueeze(0), [hx[None]], params, b_ih is not None, 1,
-                  0.0, False, False, False, None, backend, relu=False)
+    _, h = _stack(CELLS["rnn"], "RNNCell", input.unsqueeze(0), [hx[None]], params,
+                  b_ih is not None, 1, 0.0, False, False, False, None, backend, relu=False)
     return h[0]
 
 
@@ -350,6 +353,6 @@ def rnn_relu_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
                   backend: str = "auto") -> Tensor:
     """One Elman step with relu: input [B,I], hx [B,H] → h'."""
     params = _cell_params(w_ih, w_hh, b_ih, b_hh)
-    _, h = _stack("rnn", "RNNCell", input.unsqueeze(0), [hx[None]], params, b_ih is not None, 1,
-                  0.0, False, False, False, None, backend, relu=True)
+    _, h = _stack(CELLS["rnn"], "RNNCell", input.unsqueeze(0), [hx[None]], params,
+                  b_ih is not None, 1, 0.0, False, False, False, None, backend, relu=True)
     return h[0]

@@ -1,6 +1,13 @@
-"""Test-wide settings. Runs before any test module imports triton or rnnkernels."""
+"""Test-wide settings. Runs before any test module imports triton or rnnkernels.
+
+``RNNKERNELS_REQUIRE_BACKENDS`` (comma separated; ``.ci/run`` sets ``cpu,reference,triton``) names
+backends that MUST be able to run here: the session stops with an error before any test runs when
+one cannot, so a failed extension build or a broken triton import can never turn into a green run
+of skipped tests.
+"""
 import os
 
+import pytest
 import torch
 
 # Without a GPU, the Triton kernels run (exactly, slowly) in Triton's CPU interpreter. The flag
@@ -11,3 +18,31 @@ if not torch.cuda.is_available():
 # fp32 comparisons against cuDNN / cuBLAS are made with TF32 off (convention 7).
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+
+
+def required_backends() -> list[str]:
+    raw = os.environ.get("RNNKERNELS_REQUIRE_BACKENDS", "")
+    return [n.strip() for n in raw.split(",") if n.strip()]
+
+
+def missing_required_backends() -> list[str]:
+    """'name: reason' for every required backend that cannot run float32 on its device here."""
+    from rnnkernels import backends
+    missing = []
+    for name in required_backends():
+        if name not in backends.NAMES:
+            missing.append(f"{name}: not a backend (known: {', '.join(backends.NAMES)})")
+            continue
+        device = "cuda" if name == "cuda" or (name == "triton" and torch.cuda.is_available()) \
+            else "cpu"
+        why = backends.why_not(name, device, torch.float32)
+        if why is not None:
+            missing.append(f"{name} ({device}): {why}")
+    return missing
+
+
+def pytest_sessionstart(session):
+    missing = missing_required_backends()
+    if missing:
+        raise pytest.UsageError("RNNKERNELS_REQUIRE_BACKENDS names backends that cannot run "
+                                "here:\n  " + "\n  ".join(missing))

@@ -22,8 +22,10 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnkernels
+from rnnkernels import backends
 
 ALL_BACKENDS = ("reference", "cpu", "triton", "cuda")
+CPU_DEVICE_BACKENDS = ("reference", "cpu", "triton")    # the backends that can take CPU tensors
 
 # Tolerances of the brief: fp32 <= 1e-5 relative, fp64 ~1e-10. The absolute part is scaled by the
 # magnitude of the expected tensor (see assert_close) so that a sum over T*B terms (weight grads)
@@ -67,14 +69,22 @@ def cpu_backends(dtype: torch.dtype = torch.float32) -> list[str]:
 
 def backend_params(dtype: torch.dtype = torch.float32, triton: bool = False) -> list:
     """pytest params of the CPU backends for one case. Triton (the interpreter on the CPU, slow)
-    is included only when ``triton`` is True, marked ``triton_subset``."""
+    is included only when ``triton`` is True, marked ``triton_subset``. A backend that cannot
+    run here is still listed, as a skip that says why, so a lost backend shows in the report
+    (and ``RNNKERNELS_REQUIRE_BACKENDS`` turns it into a failure: see conftest.py)."""
     params = []
-    for name in cpu_backends(dtype):
-        if name == "triton":
-            if triton:
-                params.append(pytest.param(name, id=name, marks=pytest.mark.triton_subset))
-        else:
-            params.append(pytest.param(name, id=name))
+    available = cpu_backends(dtype)
+    wanted = requested_test_backends()
+    for name in CPU_DEVICE_BACKENDS:
+        if wanted is not None and name not in wanted:
+            continue
+        marks = [pytest.mark.triton_subset] if name == "triton" else []
+        if name == "triton" and not triton:
+            continue
+        if name not in available:
+            why = backends.why_not(name, "cpu", dtype)
+            marks.append(pytest.mark.skip(reason=f"backend {name!r} cannot run here: {why}"))
+        params.append(pytest.param(name, id=name, marks=marks))
     return params
 
 

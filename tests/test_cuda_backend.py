@@ -1,6 +1,6 @@
 """The compiled ``cuda`` backend against the reference backend on the GPU (skipped without one).
 
-Same cases as tests/test_cpu_backend.py (whose helpers this file reuses): every cell, forward +
+Same cases as tests/test_cpu_backend.py (tests/backend_cases.py): every cell, forward +
 backward, unsorted lengths, reverse, odd sizes, outputs NaN-poisoned; float32 (TF32 off, see
 conftest.py) normwise ≤ 1e-5 of the reference, float16/bfloat16 by relative RMS against the
 reference (which accumulates in fp32 like the kernels). Both CUDA paths are forced in turn: the
@@ -10,19 +10,12 @@ side stream, and the errors.
 """
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 
-from rnnkernels import ext
+from rnnkernels.backends import compiled as ext
 
-_spec = importlib.util.spec_from_file_location(
-    "_rnnk_backend_cases", pathlib.Path(__file__).with_name("test_cpu_backend.py"))
-_cases = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_cases)
-Case, CELLS, SHAPES, check_case = _cases.Case, _cases.CELLS, _cases.SHAPES, _cases.check_case
+from tests.backend_cases import CELLS, SHAPES, Case, check_case
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and ext.AVAILABLE and ext.has_cuda()),

@@ -20,8 +20,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import rnnkernels.triton as tb  # noqa: E402
-from rnnkernels.reference import scan as ref  # noqa: E402
+import rnnkernels.backends.triton as tb  # noqa: E402
+from rnnkernels.backends import reference as ref  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _REASON = tb.supports(DEVICE, torch.float32)
@@ -50,7 +50,7 @@ def _tf32_off_and_poison(monkeypatch):
     def poisoned(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    from rnnkernels.triton import plan
+    from rnnkernels.backends.triton import plan
     monkeypatch.setattr(plan, "empty", poisoned)
 
 
@@ -295,7 +295,7 @@ def test_strategy_and_tuning_validation(monkeypatch):
     with pytest.raises(ValueError, match="power of two"):
         with tb.tuning(block_h=24):
             pass
-    from rnnkernels.triton import plan
+    from rnnkernels.backends.triton import plan
     monkeypatch.setenv("RNNKERNELS_TRITON_STRATEGY", "step")
     dev = torch.device(DEVICE)
     assert plan.make_plan(dev, torch.float32, 3, 33, 33, 4, False).strategy == "step"
@@ -318,7 +318,7 @@ def test_strategy_and_tuning_validation(monkeypatch):
 def test_auto_plan_on_a_gpu(monkeypatch):
     """auto's GPU rule, planned without a GPU (132 SMs pretended): grid variant while every
     program gets at most 2 hidden tiles, one program for tiny H, step beyond H = 256."""
-    from rnnkernels.triton import plan
+    from rnnkernels.backends.triton import plan
     monkeypatch.setattr(plan, "INTERPRET", False)
     monkeypatch.setattr(plan, "_num_sms", lambda device: 132)
     monkeypatch.delenv("RNNKERNELS_TRITON_STRATEGY", raising=False)
@@ -341,7 +341,7 @@ def test_auto_plan_on_a_gpu(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only behaviour")
 def test_interpreter_switches():
-    from rnnkernels.triton import plan
+    from rnnkernels.backends.triton import plan
     # The documented bf16 switch: the interpreter's bf16 tl.dot is wrong, so it upcasts.
     assert plan.dot_f32(torch.bfloat16, torch.device("cpu"))
     assert not plan.dot_f32(torch.float16, torch.device("cpu"))
@@ -355,7 +355,7 @@ def test_interpreter_switches():
 @pytest.mark.parametrize("strategy", ["step", "persistent"])
 def test_cuda_tensor_core_dot(dtype, strategy):
     """The real bf16/fp16 tensor-core path (the interpreter cannot check bf16 dots)."""
-    from rnnkernels.triton import plan
+    from rnnkernels.backends.triton import plan
     assert not plan.dot_f32(_DT[dtype], torch.device("cuda")) or \
         torch.cuda.get_device_capability() < (8, 0)
     for cell, proj in (("LSTM", 24), ("GRU", 0)):
@@ -381,7 +381,7 @@ def test_cuda_persistent_grid_barrier(cell):
 def test_cuda_step_graph_replay(cell, kw):
     """``step`` scans replay a CUDA graph from the second call of a signature on: fresh inputs
     and other lengths at every call must still match the oracle (no stale static buffer)."""
-    from rnnkernels.triton import graphs
+    from rnnkernels.backends.triton import graphs
     graphs.clear()
     for seed, lengths in enumerate([[20, 3, 11], [5, 20, 1], [20, 20, 20], [1, 2, 3]]):
         _check(Case(cell, 20, 3, 33, lengths=lengths, strategy="step", **kw), seed)
@@ -449,7 +449,7 @@ def test_kernels_compile_for_sm90():
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    res = subprocess.run([sys.executable, "-m", "rnnkernels.triton.aot", "--quick", "--dtypes",
+    res = subprocess.run([sys.executable, "-m", "rnnkernels.backends.triton.aot", "--quick", "--dtypes",
                           "fp16,fp32"], capture_output=True, text=True, env=env, timeout=600,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]

@@ -2,11 +2,16 @@
 
 Each op takes the precomputed input projection, the initial state, the recurrent weights,
 optional per-sequence lengths, a reverse flag, whether to save workspaces for backward, and the
-concrete backend name; it has a fake (meta) impl and a registered autograd formula.
+concrete backend name; its fake (meta) impl comes from the cell's spec (``rnnkernels/cells.py``)
+and it has a registered autograd formula. ``SCANS[cell]`` runs one direction of one layer with
+the same signature for every cell (what ``functional`` calls).
 """
+from . import gru, lstm, rnn
 from .gru import gru_scan, gru_scan_backward
 from .lstm import lstm_scan, lstm_scan_backward
 from .rnn import rnn_scan, rnn_scan_backward
 
+SCANS = {"lstm": lstm.scan, "gru": gru.scan, "rnn": rnn.scan}
+
 __all__ = ["lstm_scan", "lstm_scan_backward", "gru_scan", "gru_scan_backward", "rnn_scan",
-           "rnn_scan_backward"]
+           "rnn_scan_backward", "SCANS"]

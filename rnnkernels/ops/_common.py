@@ -12,15 +12,6 @@ import torch
 from torch import Tensor
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def workspace_like(xp: Tensor, shape, save: bool) -> Tensor:
-    """Fake/meta allocation of a workspace: ``shape`` in the accumulation dtype, empty if unsaved."""
-    return xp.new_empty(shape if save else (0,), dtype=acc_dtype(xp.dtype))
-
-
 def previous_states(out: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
     """h_{t-1} of every step, in time order: ``out`` shifted one step in processing order.
 
@@ -51,6 +42,25 @@ def sum_over_steps(grad_rows: Tensor, inputs: Tensor, dtype: torch.dtype) -> Ten
 def dense(grad: Tensor | None, like: Tensor) -> Tensor:
     """Autograd hands None (or an undefined grad) for outputs the loss does not use."""
     return torch.zeros_like(like) if grad is None else grad.contiguous()
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether the forward must save its workspaces (some input will want a gradient)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def setup_common(ctx, reverse: bool, backend: str, save: bool) -> None:
+    ctx.unsaved = not save
+    ctx.reverse, ctx.backend = reverse, backend
+    # Unused outputs get None, not a materialized [T, B, G·H] of zeros (a full-size fill per
+    # layer); `dense` makes the ones the scan needs.
+    ctx.set_materialize_grads(False)
+
+
+def check_saved(ctx, op: str) -> None:
+    if ctx.unsaved:
+        raise RuntimeError(f"rnnkernels.{op} was run with save=False (inference); "
+                           "it cannot be differentiated")
 
 
 def call_backend(backend: str, fn: str, *args):

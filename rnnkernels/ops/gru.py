@@ -11,7 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..cells import CELLS
 from . import _common as C
+
+CELL = CELLS["gru"]
 
 
 @torch.library.custom_op("rnnkernels::gru_scan", mutates_args=())
@@ -24,9 +27,7 @@ def gru_scan(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor | None, lengths:
 
 @gru_scan.register_fake
 def _(xp, h0, w_hh, b_hn, lengths, reverse, save, backend):
-    T, B, G = xp.shape
-    return (xp.new_empty((T, B, G // 3)), xp.new_empty((B, G // 3)),
-            C.workspace_like(xp, (T, B, G), save), C.workspace_like(xp, (T, B, G // 3), save))
+    return CELL.fake_forward(xp, h0, save)
 
 
 @torch.library.custom_op("rnnkernels::gru_scan_backward", mutates_args=())
@@ -40,41 +41,43 @@ def gru_scan_backward(grad_out: Tensor, grad_hn: Tensor, h0: Tensor, w_hh: Tenso
 
 @gru_scan_backward.register_fake
 def _(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, backend, out, gates, hn_lin):
-    return h0.new_empty(gates.shape), h0.new_empty(h0.shape)
+    return CELL.fake_backward(grad_out, h0, w_hh)
 
 
 def _setup_context(ctx, inputs, output):
     xp, h0, w_hh, b_hn, lengths, reverse, save, backend = inputs
     out, _, gates, hn_lin = output
-    ctx.unsaved = not save
-    ctx.reverse, ctx.backend = reverse, backend
+    C.setup_common(ctx, reverse, backend, save)
     ctx.save_for_backward(h0, w_hh, b_hn, lengths, out, gates, hn_lin)
     ctx.mark_non_differentiable(gates, hn_lin)
-    # Unused outputs get None, not a materialized [T, B, G·H] of zeros (a 26 MB fill per layer
-    # at T=100, B=64, H=256); C.dense makes the ones the scan needs.
-    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, grad_hn, _g_gates, _g_hn):
-    if ctx.unsaved:
-        raise RuntimeError("rnnkernels.gru_scan was run with save=False (inference); "
-                           "it cannot be differentiated")
+    C.check_saved(ctx, "gru_scan")
     h0, w_hh, b_hn, lengths, out, gates, hn_lin = ctx.saved_tensors
     grad_out, grad_hn = C.dense(grad_out, out), C.dense(grad_hn, h0)
     dxp, dh0 = gru_scan_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, ctx.reverse,
                                  ctx.backend, out, gates, hn_lin)
     dw_hh = db_hn = None
     if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-        H = out.shape[-1]
-        r = gates[..., :H]
+        r = CELL.gate_block(gates, "r")
         # d(h·W_hnᵀ + b_hn) = dn ⊙ r; the r and z blocks equal dxp's.
-        dgh = torch.cat([dxp[..., :2 * H].to(r.dtype), dxp[..., 2 * H:].to(r.dtype) * r], dim=-1)
+        dn_hidden = CELL.gate_block(dxp, "n").to(r.dtype) * r
+        dgh = torch.cat([dxp[..., :2 * r.shape[-1]].to(r.dtype), dn_hidden], dim=-1)
         if ctx.needs_input_grad[2]:
             dw_hh = C.sum_over_steps(dgh, C.previous_states(out, h0, lengths, ctx.reverse),
                                      w_hh.dtype)
         if b_hn is not None and ctx.needs_input_grad[3]:
-            db_hn = dgh[..., 2 * H:].sum(dim=(0, 1)).to(b_hn.dtype)
+            db_hn = dn_hidden.sum(dim=(0, 1)).to(b_hn.dtype)
     return dxp, dh0, dw_hh, db_hn, None, None, None, None
 
 
 gru_scan.register_autograd(_backward, setup_context=_setup_context)
+
+
+def scan(xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu, backend):
+    """One direction of one layer: (out, (h_n,)). ``functional`` calls every cell this way."""
+    (h0,) = states
+    save = C.needs_grad(xp, h0, w_hh, b_hn)
+    out, h_n, _, _ = gru_scan(xp, h0, w_hh, b_hn, lengths, reverse, save, backend)
+    return out, (h_n,)

@@ -1,7 +1,8 @@
 """``torch.ops.rnnkernels.lstm_scan``: the LSTM recurrence (optionally with projection).
 
 Forward (per step, torch's gate order i, f, g, o; see docs/BACKENDS.md):
-    gates = xp_t + h_{t-1}·W_hhᵀ;  c_t = σ(f)⊙c_{t-1} + σ(i)⊙tanh(g);  h_t = σ(o)⊙tanh(c_t) [·W_hrᵀ]
+    gates = xp_t + h_{t-1}·W_hhᵀ;  c_t = σ(f)⊙c_{t-1} + σ(i)⊙tanh(g)
+    h_t = σ(o)⊙tanh(c_t)  [·W_hrᵀ with a projection]
 Backward: the backend's reverse scan gives dxp (= d gates), dh0, dc0 and, with a projection, the
 total gradient dh of every projected output; this op adds dW_hh = Σ dxpᵀ·h_{t-1} and
 dW_hr = Σ dhᵀ·(σ(o)⊙tanh(c_t)) as one GEMM each.
@@ -11,7 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..cells import CELLS
 from . import _common as C
+
+CELL = CELLS["lstm"]
 
 
 @torch.library.custom_op("rnnkernels::lstm_scan", mutates_args=())
@@ -26,10 +30,7 @@ def lstm_scan(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | N
 
 @lstm_scan.register_fake
 def _(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, backend):
-    T, B, G = xp.shape
-    P = h0.shape[1]
-    return (xp.new_empty((T, B, P)), xp.new_empty((B, P)), xp.new_empty((B, G // 4)),
-            C.workspace_like(xp, (T, B, G), save), C.workspace_like(xp, (T, B, G // 4), save))
+    return CELL.fake_forward(xp, h0, save)
 
 
 @torch.library.custom_op("rnnkernels::lstm_scan_backward", mutates_args=())
@@ -44,27 +45,19 @@ def lstm_scan_backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, h0: T
 
 @lstm_scan_backward.register_fake
 def _(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, backend, out, gates, cs):
-    T, B, G = gates.shape
-    dh = gates.new_empty((T, B, h0.shape[1]) if w_hr is not None else (0,))
-    return (h0.new_empty((T, B, G)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), dh)
+    return CELL.fake_backward(grad_out, h0, w_hh, w_hr)
 
 
 def _setup_context(ctx, inputs, output):
     xp, h0, c0, w_hh, w_hr, lengths, reverse, save, backend = inputs
     out, _, _, gates, cs = output
-    ctx.unsaved = not save
-    ctx.reverse, ctx.backend = reverse, backend
+    C.setup_common(ctx, reverse, backend, save)
     ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, out, gates, cs)
     ctx.mark_non_differentiable(gates, cs)
-    # Unused outputs get None, not a materialized [T, B, G·H] of zeros (a 26 MB fill per layer
-    # at T=100, B=64, H=256); C.dense makes the ones the scan needs.
-    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, grad_hn, grad_cn, _g_gates, _g_cs):
-    if ctx.unsaved:
-        raise RuntimeError("rnnkernels.lstm_scan was run with save=False (inference); "
-                           "it cannot be differentiated")
+    C.check_saved(ctx, "lstm_scan")
     h0, c0, w_hh, w_hr, lengths, out, gates, cs = ctx.saved_tensors
     grad_out, grad_hn, grad_cn = C.dense(grad_out, out), C.dense(grad_hn, h0), C.dense(grad_cn, c0)
     dxp, dh0, dc0, dh = lstm_scan_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr,
@@ -73,10 +66,17 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _g_gates, _g_cs):
     dw_hh = C.sum_over_steps(dxp, h_prev, w_hh.dtype) if ctx.needs_input_grad[3] else None
     dw_hr = None
     if w_hr is not None and ctx.needs_input_grad[4]:
-        H = cs.shape[-1]
-        hidden = gates[..., 3 * H:] * torch.tanh(cs)     # o ⊙ tanh(c_t), before the projection
+        hidden = CELL.gate_block(gates, "o") * torch.tanh(cs)   # o ⊙ tanh(c_t), pre-projection
         dw_hr = C.sum_over_steps(dh, hidden, w_hr.dtype)
     return dxp, dh0, dc0, dw_hh, dw_hr, None, None, None, None
 
 
 lstm_scan.register_autograd(_backward, setup_context=_setup_context)
+
+
+def scan(xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu, backend):
+    """One direction of one layer: (out, (h_n, c_n)). ``functional`` calls every cell this way."""
+    h0, c0 = states
+    save = C.needs_grad(xp, h0, c0, w_hh, w_hr)
+    out, h_n, c_n, _, _ = lstm_scan(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, backend)
+    return out, (h_n, c_n)

@@ -8,7 +8,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..cells import CELLS
 from . import _common as C
+
+CELL = CELLS["rnn"]
 
 
 @torch.library.custom_op("rnnkernels::rnn_scan", mutates_args=())
@@ -21,7 +24,7 @@ def rnn_scan(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, rever
 
 @rnn_scan.register_fake
 def _(xp, h0, w_hh, lengths, reverse, relu, save, backend):
-    return xp.new_empty(xp.shape), xp.new_empty(h0.shape)
+    return CELL.fake_forward(xp, h0, save)
 
 
 @torch.library.custom_op("rnnkernels::rnn_scan_backward", mutates_args=())
@@ -35,16 +38,15 @@ def rnn_scan_backward(grad_out: Tensor, grad_hn: Tensor, h0: Tensor, w_hh: Tenso
 
 @rnn_scan_backward.register_fake
 def _(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, backend, out):
-    return h0.new_empty(out.shape), h0.new_empty(h0.shape)
+    return CELL.fake_backward(grad_out, h0, w_hh)
 
 
 def _setup_context(ctx, inputs, output):
     xp, h0, w_hh, lengths, reverse, relu, save, backend = inputs
-    ctx.reverse, ctx.relu, ctx.backend = reverse, relu, backend
+    # The derivative comes from `out` alone: differentiable whatever `save` said.
+    C.setup_common(ctx, reverse, backend, save=True)
+    ctx.relu = relu
     ctx.save_for_backward(h0, w_hh, lengths, output[0])
-    # Unused outputs get None, not a materialized [T, B, G·H] of zeros (a 26 MB fill per layer
-    # at T=100, B=64, H=256); C.dense makes the ones the scan needs.
-    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, grad_hn):
@@ -59,3 +61,11 @@ def _backward(ctx, grad_out, grad_hn):
 
 
 rnn_scan.register_autograd(_backward, setup_context=_setup_context)
+
+
+def scan(xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu, backend):
+    """One direction of one layer: (out, (h_n,)). ``functional`` calls every cell this way."""
+    (h0,) = states
+    save = C.needs_grad(xp, h0, w_hh)
+    out, h_n = rnn_scan(xp, h0, w_hh, lengths, reverse, relu, save, backend)
+    return out, (h_n,)

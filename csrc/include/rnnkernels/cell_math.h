@@ -1,8 +1,8 @@
 // rnnkernels/cell_math.h — the gate math of every cell and its derivative, for C++ and CUDA.
 //
 // This header is the single source of the cell formulas for the compiled kernels (csrc/cpu and
-// csrc/cuda); rnnkernels/triton/cell.py mirrors it for Triton under the same names (lstm_cell_fwd,
-// lstm_cell_bwd, gru_cell_fwd, ...), and the reference backend (rnnkernels/reference/scan.py) is
+// csrc/cuda); rnnkernels/backends/triton/cell.py mirrors it for Triton under the same names (lstm_cell_fwd,
+// lstm_cell_bwd, gru_cell_fwd, ...), and the reference backend (rnnkernels/backends/reference.py) is
 // written independently so a mistake shared by the kernels still shows up in the tests. No torch,
 // no Python, no CUDA headers: it compiles with g++ alone and with nvcc for host and device.
 //

@@ -3,7 +3,7 @@
 Every forward and backward kernel of this package (``lstm.py``, ``gru.py``, ``rnn.py``) calls
 these helpers on fp32 register tiles; none spells a cell formula itself. The C++/CUDA twin is
 ``csrc/include/rnnkernels/cell_math.h`` (same function names); the oracle
-``rnnkernels/reference/scan.py`` is written independently so that it can catch a mistake both
+``rnnkernels/backends/reference.py`` is written independently so that it can catch a mistake both
 share.
 
 Forward (torch's definitions, gate order LSTM i,f,g,o and GRU r,z,n):

@@ -1,6 +1,6 @@
 """Compile every scan kernel for a CUDA target on a machine without a GPU (ahead-of-time check).
 
-    python -m rnnkernels.triton.aot [--arch 90] [--dtypes fp16,bf16,fp32] [--quick]
+    python -m rnnkernels.backends.triton.aot [--arch 90] [--dtypes fp16,bf16,fp32] [--quick]
 
 Runs triton's whole GPU pipeline (frontend → TTIR → TTGIR → LLVM → PTX → ptxas) on each
 kernel in each variant its launcher uses (step, persistent, persistent-grid; with and without

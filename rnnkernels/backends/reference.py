@@ -1,8 +1,8 @@
 """Reference backend: the recurrences as plain PyTorch loops, one step at a time.
 
 This is the oracle every kernel is tested against, written independently of the kernels' shared
-gate math (``csrc/include/rnnkernels/cell_math.h``, ``rnnkernels/triton/cell.py``) so that it can
-catch a mistake they share. It follows the backend contract in ``docs/BACKENDS.md``: time order,
+gate math (``csrc/include/rnnkernels/cell_math.h``, ``backends/triton/cell.py``) so that it can
+catch a mistake they share. (Only shapes come from ``rnnkernels/cells.py``.) It follows the backend contract in ``docs/BACKENDS.md``: time order,
 per-sequence lengths with a frozen state after the end, reverse within each sequence's own length.
 
 Half inputs are computed in float32 (state and accumulation), cast on store; float32 and float64
@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import torch
 
+from ..cells import CELLS, acc_dtype
+
 NAME = "reference"
 
 
-def supports(device_type: str, dtype: torch.dtype, **sizes) -> str | None:
+def supports(device_type: str, dtype: torch.dtype) -> str | None:
     if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return f"reference backend does not support dtype {dtype}"
     return None
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 class _Schedule:
@@ -61,8 +59,8 @@ def _empty(ref: torch.Tensor, dtype) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------- LSTM
 def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
     T, B, G = xp.shape
-    H = G // 4
-    acc = _acc(xp.dtype)
+    H = CELLS["lstm"].hidden_size(w_hh)
+    acc = acc_dtype(xp.dtype)
     sched = _Schedule(T, B, lengths, reverse, xp.device)
     W = w_hh.to(acc)
     Wr = None if w_hr is None else w_hr.to(acc)
@@ -90,7 +88,7 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
 
 def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out, gates, cs):
     T, B, G = gates.shape
-    H = G // 4
+    H = CELLS["lstm"].hidden_size(w_hh)
     dt = h0.dtype
     acc = gates.dtype
     sched = _Schedule(T, B, lengths, reverse, h0.device)
@@ -131,8 +129,8 @@ def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, rever
 # ------------------------------------------------------------------------------------------ GRU
 def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
     T, B, G = xp.shape
-    H = G // 3
-    acc = _acc(xp.dtype)
+    H = CELLS["gru"].hidden_size(w_hh)
+    acc = acc_dtype(xp.dtype)
     sched = _Schedule(T, B, lengths, reverse, xp.device)
     W = w_hh.to(acc)
     bn = None if b_hn is None else b_hn.to(acc)
@@ -158,7 +156,7 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
 
 def gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin):
     T, B, G = gates.shape
-    H = G // 3
+    H = CELLS["gru"].hidden_size(w_hh)
     dt = h0.dtype
     acc = gates.dtype
     sched = _Schedule(T, B, lengths, reverse, h0.device)
@@ -183,7 +181,7 @@ def gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates
 # ------------------------------------------------------------------------------------------ RNN
 def rnn_forward(xp, h0, w_hh, lengths, reverse, relu, save=True):
     T, B, H = xp.shape
-    acc = _acc(xp.dtype)
+    acc = acc_dtype(xp.dtype)
     sched = _Schedule(T, B, lengths, reverse, xp.device)
     W = w_hh.to(acc)
     h = h0.to(acc)
@@ -199,7 +197,7 @@ def rnn_forward(xp, h0, w_hh, lengths, reverse, relu, save=True):
 def rnn_backward(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
     T, B, H = out.shape
     dt = h0.dtype
-    acc = _acc(dt)
+    acc = acc_dtype(dt)
     sched = _Schedule(T, B, lengths, reverse, h0.device)
     W = w_hh.to(acc)
     dh = grad_hn.to(acc)

@@ -5,7 +5,7 @@ the six functions of the backend contract (``docs/BACKENDS.md``) as torch ops in
 ``rnnkernels_C``, with a CPU and, when built with CUDA, a CUDA implementation. This module loads
 it and exposes two backend objects with the contract's signatures::
 
-    >>> from rnnkernels import ext
+    >>> from rnnkernels.backends import compiled as ext
     >>> ext.AVAILABLE, ext.cpu.NAME
     (True, 'cpu')
     >>> out, h_n, c_n, gates, cs = ext.cpu.lstm_forward(xp, h0, c0, w_hh, None, None, False, True)
@@ -24,8 +24,10 @@ import contextlib
 
 import torch
 
+from ..cells import CELLS
+
 try:
-    from . import _C  # noqa: F401  (loading it registers torch.ops.rnnkernels_C.*)
+    from .. import _C  # noqa: F401  (loading it registers torch.ops.rnnkernels_C.*)
     AVAILABLE = True
     ERROR = None
 except Exception as exc:  # ImportError, or an undefined symbol from a torch version mismatch
@@ -85,7 +87,7 @@ class _Backend:
     def __repr__(self) -> str:
         return f"<rnnkernels backend {self.NAME!r} (rnnkernels._C, available={AVAILABLE})>"
 
-    def supports(self, device_type: str, dtype: torch.dtype, **sizes) -> str | None:
+    def supports(self, device_type: str, dtype: torch.dtype) -> str | None:
         """None if this backend can run the case, else the reason (see docs/BACKENDS.md)."""
         if not AVAILABLE:
             return f"the compiled extension rnnkernels._C is not available: {ERROR}"
@@ -154,50 +156,31 @@ cuda = _Backend("cuda")
 
 
 # ------------------------------------------------------------------- fake (meta) kernels
-# Shapes only, so torch.library.opcheck / FakeTensor tracing can see through the ops.
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _ws(ref, shape, save):
-    return ref.new_empty(shape if save else (0,), dtype=_acc(ref.dtype))
-
-
+# Shapes only, from the cell specs, so torch.library.opcheck / FakeTensor tracing can see through
+# the extension's ops (the same shapes as the rnnkernels::*_scan ops').
 def _register_fakes() -> None:
-    lib = "rnnkernels_C::"
+    for cell in CELLS.values():
+        torch.library.register_fake(f"rnnkernels_C::{cell.name}_forward")(_fake_forward(cell))
+        torch.library.register_fake(f"rnnkernels_C::{cell.name}_backward")(_fake_backward(cell))
 
-    @torch.library.register_fake(lib + "lstm_forward")
-    def _(xp, h0, c0, w_hh, w_hr, lengths, reverse, save):
-        T, B, G = xp.shape
-        P = h0.shape[1]
-        return (xp.new_empty((T, B, P)), xp.new_empty((B, P)), xp.new_empty((B, G // 4)),
-                _ws(xp, (T, B, G), save), _ws(xp, (T, B, G // 4), save))
 
-    @torch.library.register_fake(lib + "gru_forward")
-    def _(xp, h0, w_hh, b_hn, lengths, reverse, save):
-        T, B, G = xp.shape
-        return (xp.new_empty((T, B, G // 3)), xp.new_empty((B, G // 3)),
-                _ws(xp, (T, B, G), save), _ws(xp, (T, B, G // 3), save))
+def _fake_forward(cell):
+    def fake(xp, h0, *args):
+        return cell.fake_forward(xp, h0, save=args[-1])
+    return fake
 
-    @torch.library.register_fake(lib + "rnn_forward")
-    def _(xp, h0, w_hh, lengths, reverse, relu, save):
-        T, B, H = xp.shape
-        return xp.new_empty((T, B, H)), xp.new_empty((B, H))
 
-    @torch.library.register_fake(lib + "lstm_backward")
-    def _(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out, gates, cs):
-        T, B, G = gates.shape
-        dh = gates.new_empty((T, B, h0.shape[1]) if w_hr is not None else (0,))
-        return h0.new_empty((T, B, G)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), dh
+def _fake_backward(cell):
+    # (grad_out, grad_hn[, grad_cn], h0[, c0], w_hh[, w_hr | b_hn], ...) in the schema's order
+    first_state = 1 + len(cell.states)
+    n_init = len(cell.states)
 
-    @torch.library.register_fake(lib + "gru_backward")
-    def _(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin):
-        T, B, G = gates.shape
-        return h0.new_empty((T, B, G)), h0.new_empty(h0.shape)
-
-    @torch.library.register_fake(lib + "rnn_backward")
-    def _(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
-        return out.new_empty(out.shape), h0.new_empty(h0.shape)
+    def fake(grad_out, *args):
+        h0 = args[first_state - 1]
+        w_hh = args[first_state - 1 + n_init]
+        w_hr = args[first_state + n_init] if cell.projection else None
+        return cell.fake_backward(grad_out, h0, w_hh, w_hr)
+    return fake
 
 
 if AVAILABLE:

@@ -63,7 +63,7 @@ def _check_strategy(name: str) -> str:
 
 @contextlib.contextmanager
 def strategy(name: str):
-    """Force the launch strategy inside the block: ``with rnnkernels.triton.strategy("step"):``."""
+    """Force the launch strategy inside the block: ``with rnnkernels.backends.triton.strategy("step"):``."""
     token = _strategy.set(_check_strategy(name))
     try:
         yield
@@ -217,7 +217,7 @@ def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, 
         BH = _pow2(width, 16, 128)
         BK = _pow2(width, 16, 128)
     else:
-        # Small tiles: compiled for sm_90 by triton 3.9 (``python -m rnnkernels.triton.aot``)
+        # Small tiles: compiled for sm_90 by triton 3.9 (``python -m rnnkernels.backends.triton.aot``)
         # the kernels fit in 255 registers without spilling at BB×BH×BK = 16×32×32 for half
         # types and 16×16×16 for fp32 (its FMA dot keeps both operands in registers); BB = 32
         # or BK = 64 already spill. On an H200 the step kernel's hidden tile was swept at H=512

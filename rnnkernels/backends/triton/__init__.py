@@ -2,7 +2,7 @@
 
 Implements the backend contract of ``docs/BACKENDS.md`` (the six functions below have exactly the
 signatures, return tuples, dtypes and time/length/reverse semantics of
-``rnnkernels/reference/scan.py``). Only the sequential part runs here: the op layer
+``rnnkernels/backends/reference.py``). Only the sequential part runs here: the op layer
 (``rnnkernels/ops``) does the input projection and the weight-gradient GEMMs.
 
 * GPU: fp32 (``tl.dot`` with ``input_precision="ieee"``: matches cuDNN/ATen with TF32 off),
@@ -16,7 +16,7 @@ signatures, return tuples, dtypes and time/length/reverse semantics of
 Importing this package never fails when triton is missing: :func:`supports` then gives the
 reason and the six functions raise ``RuntimeError``.
 
-    >>> import rnnkernels.triton as tb
+    >>> import rnnkernels.backends.triton as tb
     >>> with tb.strategy("persistent"):
     ...     out, h_n, c_n, gates, cs = tb.lstm_forward(xp, h0, c0, w_hh, None, None, False, True)
 """
@@ -74,7 +74,7 @@ def supports(device_type: str, dtype: torch.dtype, **sizes) -> str | None:
     if device_type == "cpu":
         if not _plan.INTERPRET:
             if os.environ.get("TRITON_INTERPRET", "0") == "1":
-                return ("TRITON_INTERPRET=1 was set after rnnkernels.triton was imported; set it "
+                return ("TRITON_INTERPRET=1 was set after rnnkernels.backends.triton was imported; set it "
                         "before the first import of triton")
             return ("triton kernels run on the CPU only under the interpreter (set "
                     "TRITON_INTERPRET=1 before importing triton; slow, meant for tests)")

@@ -1,0 +1,137 @@
+"""The backends: registry, the ``Backend`` protocol, and ``resolve()`` — their one home.
+
+A backend implements the six scan functions of ``docs/BACKENDS.md`` plus ``supports``:
+
+============  =====================================  =============================================
+name          module                                 what it is
+============  =====================================  =============================================
+triton        ``backends/triton/``                   @triton.jit kernels and one launcher (GPU)
+cuda, cpu     ``backends/compiled.py``               the compiled extension ``rnnkernels._C``
+reference     ``backends/reference.py``              plain PyTorch loops: the test oracle
+============  =====================================  =============================================
+
+Choosing one for a call (``resolve``):
+
+* an explicit name (module kwarg, or env ``RNNKERNELS_BACKEND`` when the kwarg is ``"auto"``) must
+  run the case or raise ``RuntimeError`` saying why; an unknown name raises ``ValueError``;
+* ``"auto"`` takes the first backend of the device's preference list that can run the case. When
+  it passes over a preferred backend it says so once (a ``RuntimeWarning`` per distinct reason).
+
+Every environment variable and option the backends read is in ``backends/config.py``.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Protocol
+
+import torch
+
+from . import config
+
+NAMES = config.BACKEND_NAMES
+# name -> (module, attribute of the module that is the backend, or None for the module itself)
+_WHERE = {
+    "triton": ("rnnkernels.backends.triton", None),
+    "cuda": ("rnnkernels.backends.compiled", "cuda"),
+    "cpu": ("rnnkernels.backends.compiled", "cpu"),
+    "reference": ("rnnkernels.backends.reference", None),
+}
+# Fastest first. Triton is never auto-picked on the CPU: there it is an interpreter (tests only).
+_PREFERENCE = {
+    "cuda": ("triton", "cuda", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+_warned: set[str] = set()
+
+
+class Backend(Protocol):
+    """What a backend provides (shapes, dtypes and semantics: ``docs/BACKENDS.md``)."""
+
+    NAME: str
+
+    def supports(self, device_type: str, dtype: torch.dtype) -> str | None:
+        """None if the backend can run tensors of this device type and dtype, else why not."""
+
+    def lstm_forward(self, xp, h0, c0, w_hh, w_hr, lengths, reverse, save): ...
+    def gru_forward(self, xp, h0, w_hh, b_hn, lengths, reverse, save): ...
+    def rnn_forward(self, xp, h0, w_hh, lengths, reverse, relu, save): ...
+    def lstm_backward(self, grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse,
+                      out, gates, cs): ...
+    def gru_backward(self, grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates,
+                     hn_lin): ...
+    def rnn_backward(self, grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out): ...
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is ``"auto"`` or a backend's name, else ``ValueError``."""
+    if name != "auto" and name not in NAMES:
+        raise ValueError(f"unknown rnnkernels backend {name!r}; expected 'auto' or one of {NAMES}")
+    return name
+
+
+def get(name: str) -> Backend:
+    """The backend called ``name`` (``ValueError`` if there is no such backend)."""
+    if check_name(name) == "auto":
+        raise ValueError("'auto' is not a backend: resolve() it to one first")
+    module, attr = _WHERE[name]
+    mod = importlib.import_module(module)
+    return mod if attr is None else getattr(mod, attr)
+
+
+def why_not(name: str, device_type: str, dtype: torch.dtype) -> str | None:
+    """None if backend ``name`` can run this case, else the reason it cannot."""
+    try:
+        backend = get(name)
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        return f"backend {name!r} cannot be imported: {exc}"
+    return backend.supports(device_type, dtype)
+
+
+def available_backends(device: str | torch.device | None = None,
+                       dtype: torch.dtype = torch.float32) -> list[str]:
+    """Names of the backends that can run on ``device`` (default: cuda if present, else cpu).
+
+    >>> "reference" in rnnkernels.available_backends("cpu")
+    True
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_type = torch.device(device).type
+    return [n for n in NAMES if why_not(n, device_type, dtype) is None]
+
+
+def requested(backend: str) -> str:
+    """Apply the env override: ``RNNKERNELS_BACKEND`` replaces ``"auto"``, never an explicit
+    name."""
+    check_name(backend)
+    if backend == "auto":
+        return config.get("backend")
+    return backend
+
+
+def resolve(backend: str, device_type: str, dtype: torch.dtype) -> str:
+    """The concrete backend name that will run a call (see the module docstring)."""
+    backend = requested(backend)
+    if backend != "auto":
+        reason = why_not(backend, device_type, dtype)
+        if reason is not None:
+            raise RuntimeError(
+                f"rnnkernels: backend {backend!r} cannot run this case ({device_type}, {dtype}): "
+                f"{reason}. Use backend='auto' to route to one that can.")
+        return backend
+    skipped = []
+    for name in _PREFERENCE.get(device_type, ("reference",)):
+        reason = why_not(name, device_type, dtype)
+        if reason is None:
+            if skipped:
+                msg = (f"rnnkernels: backend='auto' on {device_type}/{dtype} uses {name!r}; "
+                       + "; ".join(f"{n!r} skipped: {r}" for n, r in skipped))
+                if msg not in _warned:
+                    _warned.add(msg)
+                    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            return name
+        skipped.append((name, reason))
+    raise RuntimeError(
+        f"rnnkernels: no backend can run this case ({device_type}, {dtype}): "
+        + "; ".join(f"{n}: {r}" for n, r in skipped))
