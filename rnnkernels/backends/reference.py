@@ -52,8 +52,13 @@ class _Schedule:
         return torch.where(self.active[s][:, None], new, old)
 
 
-def _empty(ref: torch.Tensor, dtype) -> torch.Tensor:
-    return ref.new_empty((0,), dtype=dtype)
+def _workspaces(cell: str, xp: torch.Tensor, save: bool) -> list[torch.Tensor]:
+    """The cell's zeroed workspaces (its spec's widths), or empty ones when not saved."""
+    T, B, GH = xp.shape
+    H = GH // CELLS[cell].gates
+    acc = acc_dtype(xp.dtype)
+    return [xp.new_zeros((T, B, width * H) if save else (0,), dtype=acc)
+            for _, width in CELLS[cell].workspaces]
 
 
 # ----------------------------------------------------------------------------------------- LSTM
@@ -66,8 +71,7 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
     Wr = None if w_hr is None else w_hr.to(acc)
     h, c = h0.to(acc), c0.to(acc)
     out = xp.new_zeros((T, B, h0.shape[1]))
-    gates_ws = xp.new_zeros((T, B, G), dtype=acc) if save else _empty(xp, acc)
-    cs_ws = xp.new_zeros((T, B, H), dtype=acc) if save else _empty(xp, acc)
+    gates_ws, cs_ws = _workspaces("lstm", xp, save)
     for s in range(T):
         g = sched.gather(xp, s).to(acc) + h @ W.t()
         i = torch.sigmoid(g[:, 0 * H:1 * H])
@@ -97,7 +101,7 @@ def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, rever
     dh, dc = grad_hn.to(acc), grad_cn.to(acc)
     dxp = torch.zeros((T, B, G), dtype=dt, device=h0.device)
     dh_all = torch.zeros((T, B, h0.shape[1]), dtype=acc, device=h0.device) if Wr is not None \
-        else _empty(h0, acc)
+        else h0.new_empty((0,), dtype=acc)
     for s in range(T - 1, -1, -1):
         act = sched.active[s][:, None]
         gts = sched.gather(gates, s)
@@ -136,8 +140,7 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
     bn = None if b_hn is None else b_hn.to(acc)
     h = h0.to(acc)
     out = xp.new_zeros((T, B, H))
-    gates_ws = xp.new_zeros((T, B, G), dtype=acc) if save else _empty(xp, acc)
-    hn_ws = xp.new_zeros((T, B, H), dtype=acc) if save else _empty(xp, acc)
+    gates_ws, hn_ws = _workspaces("gru", xp, save)
     for s in range(T):
         a = sched.gather(xp, s).to(acc)
         b = h @ W.t()
