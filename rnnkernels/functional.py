@@ -88,20 +88,16 @@ def _autocast_dtype(input: Tensor) -> tuple[torch.dtype | None, bool]:
 
 
 def _check_consistent(name: str, x: Tensor, hx: list[Tensor], params: list[Tensor]) -> None:
-    for i, h in enumerate(hx):
-        if h.dtype != x.dtype:
-            raise RuntimeError(f"{name}: input and hidden state must have the same dtype, got "
-                               f"input {x.dtype} and hx[{i}] {h.dtype}")
-        if h.device != x.device:
-            raise RuntimeError(f"{name}: input and hidden state must be on the same device, got "
-                               f"input on {x.device} and hx[{i}] on {h.device}")
-    for p in params:
-        if p.dtype != x.dtype:
-            raise RuntimeError(f"{name}: input and parameters must have the same dtype, got "
-                               f"input {x.dtype} and a parameter of {p.dtype}")
-        if p.device != x.device:
-            raise RuntimeError(f"{name}: input and parameters must be on the same device, got "
-                               f"input on {x.device} and a parameter on {p.device}")
+    """Every state and parameter in the input's dtype and on its device (torch.nn's rule)."""
+    labelled = [("hidden state", f"hx[{i}]", f"hx[{i}]", h) for i, h in enumerate(hx)]
+    labelled += [("parameters", "a parameter of", "a parameter", p) for p in params]
+    for what, of_dtype, on_device, t in labelled:
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"{name}: input and {what} must have the same dtype, got "
+                               f"input {x.dtype} and {of_dtype} {t.dtype}")
+        if t.device != x.device:
+            raise RuntimeError(f"{name}: input and {what} must be on the same device, got "
+                               f"input on {x.device} and {on_device} on {t.device}")
 
 
 def _to_time_major(input: Tensor, batch_sizes: Tensor | None, batch_first: bool):
@@ -316,43 +312,39 @@ def rnn_relu(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, 
 
 
 # ---------------------------------------------------------------------------------- the cells
-def _cell_params(w_ih, w_hh, b_ih, b_hh):
-    return [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+def _one_step(cell: CellSpec, name: str, input: Tensor, states: tuple[Tensor, ...], w_ih: Tensor,
+              w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, backend: str,
+              relu: bool = False) -> list[Tensor]:
+    """A cell call is a one-layer, one-step stack: input [B,I], states [B,*] → new states."""
+    params = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+    _, *finals = _stack(cell, name, input.unsqueeze(0), [h[None] for h in states], params,
+                        b_ih is not None, 1, 0.0, False, False, False, None, backend, relu)
+    return [f[0] for f in finals]
 
 
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None, *, backend: str = "auto"):
     """One LSTM step: input [B,I], hx = (h [B,H], c [B,H]) → (h', c')."""
-    params = _cell_params(w_ih, w_hh, b_ih, b_hh)
-    _, h, c = _stack(CELLS["lstm"], "LSTMCell", input.unsqueeze(0), [hx[0][None], hx[1][None]],
-                     params, b_ih is not None, 1, 0.0, False, False, False, None, backend)
-    return h[0], c[0]
+    h, c = _one_step(CELLS["lstm"], "LSTMCell", input, tuple(hx), w_ih, w_hh, b_ih, b_hh, backend)
+    return h, c
 
 
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None, *, backend: str = "auto") -> Tensor:
     """One GRU step: input [B,I], hx [B,H] → h'."""
-    params = _cell_params(w_ih, w_hh, b_ih, b_hh)
-    _, h = _stack(CELLS["gru"], "GRUCell", input.unsqueeze(0), [hx[None]], params,
-                  b_ih is not None, 1, 0.0, False, False, False, None, backend)
-    return h[0]
+    return _one_step(CELLS["gru"], "GRUCell", input, (hx,), w_ih, w_hh, b_ih, b_hh, backend)[0]
 
 
 def rnn_tanh_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
                   b_ih: Tensor | None = None, b_hh: Tensor | None = None, *,
                   backend: str = "auto") -> Tensor:
     """One Elman step with tanh: input [B,I], hx [B,H] → h'."""
-    params = _cell_params(w_ih, w_hh, b_ih, b_hh)
-    _, h = _stack(CELLS["rnn"], "RNNCell", input.unsqueeze(0), [hx[None]], params,
-                  b_ih is not None, 1, 0.0, False, False, False, None, backend, relu=False)
-    return h[0]
+    return _one_step(CELLS["rnn"], "RNNCell", input, (hx,), w_ih, w_hh, b_ih, b_hh, backend)[0]
 
 
 def rnn_relu_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
                   b_ih: Tensor | None = None, b_hh: Tensor | None = None, *,
                   backend: str = "auto") -> Tensor:
     """One Elman step with relu: input [B,I], hx [B,H] → h'."""
-    params = _cell_params(w_ih, w_hh, b_ih, b_hh)
-    _, h = _stack(CELLS["rnn"], "RNNCell", input.unsqueeze(0), [hx[None]], params,
-                  b_ih is not None, 1, 0.0, False, False, False, None, backend, relu=True)
-    return h[0]
+    return _one_step(CELLS["rnn"], "RNNCell", input, (hx,), w_ih, w_hh, b_ih, b_hh, backend,
+                     relu=True)[0]

@@ -61,13 +61,19 @@ def _workspaces(cell: str, xp: torch.Tensor, save: bool) -> list[torch.Tensor]:
             for _, width in CELLS[cell].workspaces]
 
 
+def _start(cell: str, seq: torch.Tensor, dtype: torch.dtype, w_hh: torch.Tensor, lengths,
+           reverse):
+    """(T, B, H, accumulation dtype, schedule, W_hh in it) of a scan over ``seq`` [T, B, ...]
+    (xp forward, grad_out backward) whose data is in ``dtype``."""
+    T, B = seq.shape[:2]
+    acc = acc_dtype(dtype)
+    return (T, B, CELLS[cell].hidden_size(w_hh), acc,
+            _Schedule(T, B, lengths, reverse, seq.device), w_hh.to(acc))
+
+
 # ----------------------------------------------------------------------------------------- LSTM
 def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
-    T, B, G = xp.shape
-    H = CELLS["lstm"].hidden_size(w_hh)
-    acc = acc_dtype(xp.dtype)
-    sched = _Schedule(T, B, lengths, reverse, xp.device)
-    W = w_hh.to(acc)
+    T, B, H, acc, sched, W = _start("lstm", xp, xp.dtype, w_hh, lengths, reverse)
     Wr = None if w_hr is None else w_hr.to(acc)
     h, c = h0.to(acc), c0.to(acc)
     out = xp.new_zeros((T, B, h0.shape[1]))
@@ -91,12 +97,9 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
 
 
 def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out, gates, cs):
-    T, B, G = gates.shape
-    H = CELLS["lstm"].hidden_size(w_hh)
     dt = h0.dtype
-    acc = gates.dtype
-    sched = _Schedule(T, B, lengths, reverse, h0.device)
-    W = w_hh.to(acc)
+    T, B, H, acc, sched, W = _start("lstm", grad_out, dt, w_hh, lengths, reverse)
+    G = w_hh.shape[0]
     Wr = None if w_hr is None else w_hr.to(acc)
     dh, dc = grad_hn.to(acc), grad_cn.to(acc)
     dxp = torch.zeros((T, B, G), dtype=dt, device=h0.device)
@@ -132,11 +135,7 @@ def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, rever
 
 # ------------------------------------------------------------------------------------------ GRU
 def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
-    T, B, G = xp.shape
-    H = CELLS["gru"].hidden_size(w_hh)
-    acc = acc_dtype(xp.dtype)
-    sched = _Schedule(T, B, lengths, reverse, xp.device)
-    W = w_hh.to(acc)
+    T, B, H, acc, sched, W = _start("gru", xp, xp.dtype, w_hh, lengths, reverse)
     bn = None if b_hn is None else b_hn.to(acc)
     h = h0.to(acc)
     out = xp.new_zeros((T, B, H))
@@ -158,12 +157,9 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
 
 
 def gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin):
-    T, B, G = gates.shape
-    H = CELLS["gru"].hidden_size(w_hh)
     dt = h0.dtype
-    acc = gates.dtype
-    sched = _Schedule(T, B, lengths, reverse, h0.device)
-    W = w_hh.to(acc)
+    T, B, H, acc, sched, W = _start("gru", grad_out, dt, w_hh, lengths, reverse)
+    G = w_hh.shape[0]
     dh = grad_hn.to(acc)
     dxp = torch.zeros((T, B, G), dtype=dt, device=h0.device)
     for s in range(T - 1, -1, -1):
@@ -183,10 +179,7 @@ def gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates
 
 # ------------------------------------------------------------------------------------------ RNN
 def rnn_forward(xp, h0, w_hh, lengths, reverse, relu, save=True):
-    T, B, H = xp.shape
-    acc = acc_dtype(xp.dtype)
-    sched = _Schedule(T, B, lengths, reverse, xp.device)
-    W = w_hh.to(acc)
+    T, B, H, acc, sched, W = _start("rnn", xp, xp.dtype, w_hh, lengths, reverse)
     h = h0.to(acc)
     out = xp.new_zeros((T, B, H))
     for s in range(T):
@@ -198,11 +191,8 @@ def rnn_forward(xp, h0, w_hh, lengths, reverse, relu, save=True):
 
 
 def rnn_backward(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
-    T, B, H = out.shape
     dt = h0.dtype
-    acc = acc_dtype(dt)
-    sched = _Schedule(T, B, lengths, reverse, h0.device)
-    W = w_hh.to(acc)
+    T, B, H, acc, sched, W = _start("rnn", grad_out, dt, w_hh, lengths, reverse)
     dh = grad_hn.to(acc)
     dxp = torch.zeros((T, B, H), dtype=dt, device=h0.device)
     for s in range(T - 1, -1, -1):

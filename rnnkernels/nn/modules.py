@@ -39,6 +39,10 @@ class HiddenStateError(TypeError, RuntimeError, IndexError, AttributeError):
 class _BackendMixin:
     """The ``backend`` keyword: validated at construction, shown in repr when not "auto"."""
 
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)       # the torch.nn class's own constructor and checks
+        self._set_backend(backend)
+
     def _set_backend(self, backend: str) -> None:
         self.backend = backends.check_name(backend)
 
@@ -140,10 +144,6 @@ class _RNNBaseMixin(_BackendMixin):
 class LSTM(_RNNBaseMixin, torch.nn.LSTM):
     """``torch.nn.LSTM`` with fused kernels; same constructor plus ``backend="auto"``."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_backend(backend)
-
     def _run(self, input, hx, batch_sizes):
         out, h, c = RF.lstm(input, hx, self._weights(), self.bias, self.num_layers,
                             float(self.dropout), self.training, self.bidirectional,
@@ -154,10 +154,6 @@ class LSTM(_RNNBaseMixin, torch.nn.LSTM):
 class GRU(_RNNBaseMixin, torch.nn.GRU):
     """``torch.nn.GRU`` with fused kernels; same constructor plus ``backend="auto"``."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_backend(backend)
-
     def _run(self, input, hx, batch_sizes):
         return RF.gru(input, hx, self._weights(), self.bias, self.num_layers,
                       float(self.dropout), self.training, self.bidirectional, self.batch_first,
@@ -166,10 +162,6 @@ class GRU(_RNNBaseMixin, torch.nn.GRU):
 
 class RNN(_RNNBaseMixin, torch.nn.RNN):
     """``torch.nn.RNN`` (tanh or relu) with fused kernels; same constructor plus ``backend``."""
-
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_backend(backend)
 
     def _run(self, input, hx, batch_sizes):
         fn = RF.rnn_tanh if self.nonlinearity == "tanh" else RF.rnn_relu
@@ -228,10 +220,6 @@ class _CellMixin(_BackendMixin):
 class LSTMCell(_CellMixin, torch.nn.LSTMCell):
     """``torch.nn.LSTMCell`` with fused kernels; same constructor plus ``backend="auto"``."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_backend(backend)
-
     def forward(self, input: Tensor, hx=None):
         input, (h, c), is_batched = self._prepare(input, hx, 2)
         h, c = RF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
@@ -242,10 +230,6 @@ class LSTMCell(_CellMixin, torch.nn.LSTMCell):
 class GRUCell(_CellMixin, torch.nn.GRUCell):
     """``torch.nn.GRUCell`` with fused kernels; same constructor plus ``backend="auto"``."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_backend(backend)
-
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         input, (h,), is_batched = self._prepare(input, hx, 1)
         h = RF.gru_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
@@ -255,10 +239,6 @@ class GRUCell(_CellMixin, torch.nn.GRUCell):
 
 class RNNCell(_CellMixin, torch.nn.RNNCell):
     """``torch.nn.RNNCell`` (tanh or relu) with fused kernels; same constructor plus ``backend``."""
-
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_backend(backend)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         input, (h,), is_batched = self._prepare(input, hx, 1)
