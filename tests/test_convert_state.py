@@ -299,3 +299,33 @@ def test_convert_leaves_user_subclasses_alone():
     model = nn.Sequential(MyGRU(3, 4))
     rnnkernels.convert(model)
     assert type(model[0]) is MyGRU
+
+
+def test_convert_keeps_a_shared_module_shared():
+    """One LSTM held under two names and by two parents, one RNNCell twice in a ModuleList:
+    each becomes ONE twin that every reference points to (so eval() reaches it everywhere)."""
+    lstm, cell = nn.LSTM(3, 4, num_layers=2, dropout=0.5), nn.RNNCell(3, 3)
+    inner = nn.Sequential(lstm)
+    model = nn.Module()
+    model.encoder, model.again, model.inner = lstm, lstm, inner
+    model.cells = nn.ModuleList([cell, nn.Linear(3, 3), cell])
+    rnnkernels.convert(model, backend="reference")
+    assert type(model.encoder) is rnnkernels.LSTM
+    assert model.encoder is model.again is model.inner[0]
+    assert type(model.cells[0]) is rnnkernels.RNNCell and model.cells[0] is model.cells[2]
+    assert model.encoder.weight_ih_l0 is lstm.weight_ih_l0        # the very Parameter objects
+    model.eval()
+    assert not model.again.training and not model.inner[0].training
+    assert len(list(model.parameters())) == 8 + 4 + 2       # LSTM, RNNCell, Linear: no copies
+
+
+def test_rnn_mode_is_fixed_at_construction():
+    """torch.nn.RNN dispatches on the mode set at construction; reassigning nonlinearity later
+    changes nothing there, so it changes nothing here either."""
+    torch.manual_seed(0)
+    ref = nn.RNN(3, 4, nonlinearity="relu")
+    ours = rnnkernels.RNN(3, 4, nonlinearity="relu", backend="reference")
+    ours.load_state_dict(ref.state_dict())
+    ref.nonlinearity = ours.nonlinearity = "tanh"
+    x = torch.randn(5, 2, 3)
+    assert_close(ours(x)[0], ref(x)[0], "after reassigning nonlinearity")

@@ -30,16 +30,32 @@ def convert(model: torch.nn.Module, backend: str = "auto") -> torch.nn.Module:
     ``model`` itself if it is one) by its rnnkernels twin, keeping the weights. Returns the model
     (a new object only when ``model`` itself is swapped).
 
+    A module held under several names (or by several parents) is converted once and every
+    reference is rewired to the one twin, so the model keeps a single object there (one
+    ``training`` flag, one set of hooks), as it had before.
+
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GRU(8, 16))
     >>> rnnkernels.convert(model)[1]
     GRU(8, 16)
     """
     backends.check_name(backend)
-    if type(model) in _SWAP:
-        return _swap(model, backend)
-    for name, child in list(model.named_children()):
-        if type(child) in _SWAP:
-            setattr(model, name, _swap(child, backend))
-        else:
-            convert(child, backend)
-    return model
+    return _convert(model, backend, {})
+
+
+def _convert(module: torch.nn.Module, backend: str, memo: dict) -> torch.nn.Module:
+    # memo: id -> (original, result); holding the original keeps its id from being reused by a
+    # module created during this call.
+    seen = memo.get(id(module))
+    if seen is not None:
+        return seen[1]
+    if type(module) in _SWAP:
+        result = _swap(module, backend)
+        memo[id(module)] = (module, result)
+        return result
+    memo[id(module)] = (module, module)
+    for name, child in list(module._modules.items()):
+        if child is not None:
+            new = _convert(child, backend, memo)
+            if new is not child:
+                module._modules[name] = new
+    return module

@@ -164,7 +164,9 @@ class RNN(_RNNBaseMixin, torch.nn.RNN):
     """``torch.nn.RNN`` (tanh or relu) with fused kernels; same constructor plus ``backend``."""
 
     def _run(self, input, hx, batch_sizes):
-        fn = RF.rnn_tanh if self.nonlinearity == "tanh" else RF.rnn_relu
+        # torch.nn.RNN fixes `mode` at construction and dispatches on it, not on `nonlinearity`
+        # (which a user may reassign later without effect); so do we.
+        fn = RF.rnn_tanh if self.mode == "RNN_TANH" else RF.rnn_relu
         return fn(input, hx, self._weights(), self.bias, self.num_layers,
                   float(self.dropout), self.training, self.bidirectional, self.batch_first,
                   **self._args(batch_sizes))
