@@ -25,6 +25,7 @@ from __future__ import annotations
 from contextlib import nullcontext as _no_ctx
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -116,6 +117,37 @@ def _from_time_major(output: Tensor, mask: Tensor | None, batch_first: bool) -> 
     if mask is not None:
         return output[mask]
     return output.transpose(0, 1) if batch_first else output
+
+
+def _unsupported_autograd_mode(tensors) -> str | None:
+    """The autograd mode of this call that the scan ops cannot differentiate, or None.
+
+    The scans' autograd formula is a first-order reverse scan: forward-mode AD (a dual tensor
+    among the inputs) and torch.func transforms (grad, vjp, jacrev, jacfwd, jvp, vmap) need
+    more, so such calls go to torch's own RNN (see ``backends.torch_route``)."""
+    if torch.compiler.is_compiling():
+        return None
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return "a torch.func transform (grad, vjp, jacrev, jacfwd, jvp, vmap)"
+    if fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None
+                                        for t in tensors):
+        return "forward-mode AD (dual tensors)"
+    return None
+
+
+def _torch_stack(cell: CellSpec, input: Tensor, hx: list[Tensor], params: list[Tensor],
+                 has_biases: bool, num_layers: int, dropout: float, train: bool,
+                 bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None, relu: bool):
+    """The whole call on torch's own RNN (``torch._VF``), exactly what torch.nn runs."""
+    name = {"lstm": "lstm", "gru": "gru", "rnn": "rnn_relu" if relu else "rnn_tanh"}[cell.name]
+    states = tuple(hx) if len(cell.states) > 1 else hx[0]
+    if batch_sizes is not None:
+        result = getattr(torch._VF, name)(input, batch_sizes, states, params, has_biases,
+                                          num_layers, dropout, train, bidirectional)
+    else:
+        result = getattr(torch._VF, name)(input, states, params, has_biases, num_layers,
+                                          dropout, train, bidirectional, batch_first)
+    return tuple(result)
 
 
 @torch._dynamo.assume_constant_result
@@ -255,6 +287,9 @@ def _stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: l
            batch_first: bool, batch_sizes: Tensor | None, backend: str, relu: bool = False):
     """A whole multi-layer call; returns (output, *final states) in the caller's layout."""
     params = list(params)
+    if backends.torch_route(backend, _unsupported_autograd_mode([input, *hx, *params])):
+        return _torch_stack(cell, input, hx, params, has_biases, num_layers, dropout, train,
+                            bidirectional, batch_first, batch_sizes, relu)
     dirs = 2 if bidirectional else 1
     per = _params_per_direction(name, params, num_layers, dirs)
     cast, op_by_op = _autocast_dtype(input)
@@ -317,6 +352,13 @@ def _one_step(cell: CellSpec, name: str, input: Tensor, states: tuple[Tensor, ..
               relu: bool = False) -> list[Tensor]:
     """A cell call is a one-layer, one-step stack: input [B,I], states [B,*] → new states."""
     params = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+    if backends.torch_route(backend, _unsupported_autograd_mode([input, *states, *params])):
+        # torch's cell functions, as torch.nn's cells call them (composite: vmap works there)
+        fn = {"lstm": "lstm_cell", "gru": "gru_cell",
+              "rnn": "rnn_relu_cell" if relu else "rnn_tanh_cell"}[cell.name]
+        result = getattr(torch._VF, fn)(input, states if len(states) > 1 else states[0], w_ih,
+                                        w_hh, b_ih, b_hh)
+        return list(result) if len(states) > 1 else [result]
     _, *finals = _stack(cell, name, input.unsqueeze(0), [h[None] for h in states], params,
                         b_ih is not None, 1, 0.0, False, False, False, None, backend, relu)
     return [f[0] for f in finals]

@@ -8,6 +8,9 @@ name          module                                 what it is
 triton        ``backends/triton/``                   @triton.jit kernels and one launcher (GPU)
 cuda, cpu     ``backends/compiled.py``               the compiled extension ``rnnkernels._C``
 reference     ``backends/reference.py``              plain PyTorch loops: the test oracle
+torch         (``functional``)                       not a scan backend: the whole call goes to
+                                                     torch's own RNN (``torch._VF``); what ``auto``
+                                                     uses for autograd modes the scans lack
 ============  =====================================  =============================================
 
 Choosing one for a call (``resolve``):
@@ -30,6 +33,7 @@ import torch
 from . import config
 
 NAMES = config.BACKEND_NAMES
+TORCH = config.TORCH_ROUTE
 # name -> (module, attribute of the module that is the backend, or None for the module itself)
 _WHERE = {
     "triton": ("rnnkernels.backends.triton", None),
@@ -64,16 +68,18 @@ class Backend(Protocol):
 
 
 def check_name(name: str) -> str:
-    """``name`` if it is ``"auto"`` or a backend's name, else ``ValueError``."""
-    if name != "auto" and name not in NAMES:
-        raise ValueError(f"unknown rnnkernels backend {name!r}; expected 'auto' or one of {NAMES}")
+    """``name`` if it is ``"auto"``, ``"torch"`` or a backend's name, else ``ValueError``."""
+    if name not in ("auto", TORCH) and name not in NAMES:
+        raise ValueError(f"unknown rnnkernels backend {name!r}; expected 'auto', {TORCH!r} or one "
+                         f"of {NAMES}")
     return name
 
 
 def get(name: str) -> Backend:
     """The backend called ``name`` (``ValueError`` if there is no such backend)."""
-    if check_name(name) == "auto":
-        raise ValueError("'auto' is not a backend: resolve() it to one first")
+    if check_name(name) in ("auto", TORCH):
+        raise ValueError(f"{name!r} is not a scan backend: resolve() 'auto' first; 'torch' hands "
+                         "the whole call to torch's own RNN in rnnkernels.functional")
     module, attr = _WHERE[name]
     mod = importlib.import_module(module)
     return mod if attr is None else getattr(mod, attr)
@@ -110,9 +116,34 @@ def requested(backend: str) -> str:
     return backend
 
 
-def resolve(backend: str, device_type: str, dtype: torch.dtype) -> str:
-    """The concrete backend name that will run a call (see the module docstring)."""
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+
+def torch_route(backend: str, unsupported_mode: str | None) -> bool:
+    """Whether a call goes to torch's own RNN: asked for by name, or under ``auto`` when the call
+    runs in an autograd mode the scans cannot differentiate (``unsupported_mode`` says which;
+    said once). A named scan backend in such a mode raises ``RuntimeError``."""
     backend = requested(backend)
+    if backend == TORCH:
+        return True
+    if unsupported_mode is None:
+        return False
+    if backend == "auto":
+        _warn_once(f"rnnkernels: backend='auto' hands calls made under {unsupported_mode} to "
+                   "torch's own RNN kernels (the fused scans do not support that mode)")
+        return True
+    raise RuntimeError(f"rnnkernels: backend {backend!r} cannot run under {unsupported_mode}; "
+                       f"use backend='auto' or {TORCH!r} (torch's own RNN kernels)")
+
+
+def resolve(backend: str, device_type: str, dtype: torch.dtype) -> str:
+    """The concrete scan backend that will run a call (see the module docstring)."""
+    backend = requested(backend)
+    if backend == TORCH:
+        raise ValueError("backend 'torch' has no scan: check torch_route() first")
     if backend != "auto":
         reason = why_not(backend, device_type, dtype)
         if reason is not None:
@@ -125,11 +156,8 @@ def resolve(backend: str, device_type: str, dtype: torch.dtype) -> str:
         reason = why_not(name, device_type, dtype)
         if reason is None:
             if skipped:
-                msg = (f"rnnkernels: backend='auto' on {device_type}/{dtype} uses {name!r}; "
-                       + "; ".join(f"{n!r} skipped: {r}" for n, r in skipped))
-                if msg not in _warned:
-                    _warned.add(msg)
-                    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+                _warn_once(f"rnnkernels: backend='auto' on {device_type}/{dtype} uses {name!r}; "
+                           + "; ".join(f"{n!r} skipped: {r}" for n, r in skipped))
             return name
         skipped.append((name, reason))
     raise RuntimeError(

@@ -27,9 +27,10 @@ class Setting:
 
 
 BACKEND_NAMES = ("triton", "cuda", "cpu", "reference")   # the registry's order (backends/)
+TORCH_ROUTE = "torch"     # not a scan backend: functional hands the whole call to torch's own RNN
 
 SETTINGS: dict[str, Setting] = {s.key: s for s in (
-    Setting("backend", "RNNKERNELS_BACKEND", "auto", ("auto",) + BACKEND_NAMES,
+    Setting("backend", "RNNKERNELS_BACKEND", "auto", ("auto",) + BACKEND_NAMES + (TORCH_ROUTE,),
             "replaces a module's backend='auto' (never an explicit backend=...)"),
     Setting("triton_strategy", "RNNKERNELS_TRITON_STRATEGY", "auto",
             ("auto", "step", "persistent", "persistent-grid"),

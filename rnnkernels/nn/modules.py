@@ -4,7 +4,7 @@ Each class subclasses its torch.nn twin, so parameters, their names, shapes and 
 ``state_dict``, ``repr``, ``isinstance`` checks and torch's own argument checks are inherited
 unchanged. Only the computation differs: it goes through ``rnnkernels.functional`` and the custom
 ops, on the backend named by the extra keyword ``backend`` ("auto", "triton", "cuda", "cpu",
-"reference"; env ``RNNKERNELS_BACKEND`` overrides "auto").
+"reference", or "torch" for torch's own kernels; env ``RNNKERNELS_BACKEND`` overrides "auto").
 
 Example::
 

@@ -63,6 +63,21 @@ def check_saved(ctx, op: str) -> None:
                            "it cannot be differentiated")
 
 
+def forbid_double_backward(backward_op, forward_name: str) -> None:
+    """Give a ``*_scan_backward`` op an autograd formula that says clearly why it has none.
+
+    First-order gradients under ``create_graph=True`` still work (they merely carry this node);
+    differentiating them again needs the forward's pre-activations, which the scans do not
+    keep. torch's own RNN (backend="torch") is twice differentiable on the CPU."""
+    def backward(ctx, *grads):
+        raise RuntimeError(f"rnnkernels: double backward (a gradient of a gradient) through "
+                           f"{forward_name} is not supported by the fused scans; run the module "
+                           "with backend='torch' (torch's own RNN kernels) for higher-order "
+                           "gradients")
+
+    backward_op.register_autograd(backward, setup_context=lambda ctx, inputs, output: None)
+
+
 def call_backend(backend: str, fn: str, *args):
     from .. import backends
     return getattr(backends.get(backend), fn)(*args)

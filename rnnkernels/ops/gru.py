@@ -73,6 +73,7 @@ def _backward(ctx, grad_out, grad_hn, _g_gates, _g_hn):
 
 
 gru_scan.register_autograd(_backward, setup_context=_setup_context)
+C.forbid_double_backward(gru_scan_backward, "rnnkernels::gru_scan")
 
 
 def scan(xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu, backend):

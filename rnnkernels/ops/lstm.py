@@ -72,6 +72,7 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _g_gates, _g_cs):
 
 
 lstm_scan.register_autograd(_backward, setup_context=_setup_context)
+C.forbid_double_backward(lstm_scan_backward, "rnnkernels::lstm_scan")
 
 
 def scan(xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu, backend):

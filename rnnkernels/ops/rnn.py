@@ -61,6 +61,7 @@ def _backward(ctx, grad_out, grad_hn):
 
 
 rnn_scan.register_autograd(_backward, setup_context=_setup_context)
+C.forbid_double_backward(rnn_scan_backward, "rnnkernels::rnn_scan")
 
 
 def scan(xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu, backend):
