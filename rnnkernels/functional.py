@@ -101,9 +101,16 @@ def _check_consistent(name: str, x: Tensor, hx: list[Tensor], params: list[Tenso
                                f"input on {x.device} and {on_device} on {t.device}")
 
 
+_SCALAR_TYPE_NAMES = {torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+                      torch.uint8: "Byte", torch.float32: "Float", torch.float64: "Double"}
+
+
 def _to_time_major(input: Tensor, batch_sizes: Tensor | None, batch_first: bool):
     """(x [T, B, I], packing mask [T, B] or None, lengths [B] or None) of the caller's input."""
     if batch_sizes is not None:
+        if batch_sizes.dtype != torch.int64:        # torch's own check and message
+            raise RuntimeError(f"expected scalar type Long but found "
+                               f"{_SCALAR_TYPE_NAMES.get(batch_sizes.dtype, batch_sizes.dtype)}")
         x, mask, lengths = packed_to_padded(input, batch_sizes)
         return x, mask, lengths.to(input.device)
     x = input.transpose(0, 1) if batch_first else input

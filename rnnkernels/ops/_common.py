@@ -81,3 +81,9 @@ def forbid_double_backward(backward_op, forward_name: str) -> None:
 def call_backend(backend: str, fn: str, *args):
     from .. import backends
     return getattr(backends.get(backend), fn)(*args)
+
+
+def empty_batch(grad_out: Tensor) -> bool:
+    """A batch of 0 sequences: every gradient is empty; no backend needs to run (and a kernel
+    cannot tell empty workspaces of B = 0 from unsaved ones)."""
+    return grad_out.shape[1] == 0

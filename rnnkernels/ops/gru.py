@@ -35,6 +35,8 @@ def gru_scan_backward(grad_out: Tensor, grad_hn: Tensor, h0: Tensor, w_hh: Tenso
                       b_hn: Tensor | None, lengths: Tensor | None, reverse: bool, backend: str,
                       out: Tensor, gates: Tensor, hn_lin: Tensor) -> tuple[Tensor, Tensor]:
     """The reverse scan: dxp [T,B,3H], dh0 [B,H]."""
+    if C.empty_batch(grad_out):
+        return CELL.fake_backward(grad_out, h0, w_hh)
     return tuple(C.call_backend(backend, "gru_backward", grad_out, grad_hn, h0, w_hh, b_hn,
                                 lengths, reverse, out, gates, hn_lin))
 

@@ -39,6 +39,8 @@ def lstm_scan_backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, h0: T
                        backend: str, out: Tensor, gates: Tensor, cs: Tensor
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The reverse scan: dxp [T,B,4H], dh0 [B,P], dc0 [B,H], dh [T,B,P] (empty without w_hr)."""
+    if C.empty_batch(grad_out):
+        return CELL.fake_backward(grad_out, h0, w_hh, w_hr)
     return tuple(C.call_backend(backend, "lstm_backward", grad_out, grad_hn, grad_cn, h0, c0,
                                 w_hh, w_hr, lengths, reverse, out, gates, cs))
 

@@ -32,6 +32,8 @@ def rnn_scan_backward(grad_out: Tensor, grad_hn: Tensor, h0: Tensor, w_hh: Tenso
                       lengths: Tensor | None, reverse: bool, relu: bool, backend: str,
                       out: Tensor) -> tuple[Tensor, Tensor]:
     """The reverse scan: dxp [T,B,H], dh0 [B,H]."""
+    if C.empty_batch(grad_out):
+        return CELL.fake_backward(grad_out, h0, w_hh)
     return tuple(C.call_backend(backend, "rnn_backward", grad_out, grad_hn, h0, w_hh, lengths,
                                 reverse, relu, out))
 

@@ -1,0 +1,43 @@
+"""Edge cases where a drop-in must do exactly what torch.nn does: an empty batch (forward and
+backward of every module on every CPU backend) and packed input of the wrong index dtype."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnkernels
+from tests.helpers import MODES, assert_close, backend_params, make_twins
+
+F32 = torch.float32
+
+
+@pytest.mark.parametrize("backend", backend_params(F32, triton=True))
+@pytest.mark.parametrize("mode", list(MODES))
+def test_empty_batch_forward_and_backward(mode, backend):
+    ref, ours = make_twins(mode, backend, F32, input_size=3, hidden_size=4)
+    shape = (0, 3) if "Cell" in mode else (5, 0, 3)
+    results = []
+    for m in (ref, ours):
+        x = torch.zeros(shape, requires_grad=True)
+        y = m(x)
+        outs = [t for t in torch.utils._pytree.tree_leaves(y)]
+        sum(o.sum() for o in outs).backward()
+        results.append(([o.shape for o in outs], x.grad,
+                        [p.grad for p in m.parameters()]))
+    assert results[1][0] == results[0][0]
+    assert results[1][1].shape == results[0][1].shape
+    for g_ours, g_ref in zip(results[1][2], results[0][2]):
+        assert_close(g_ours, g_ref, "parameter grad of an empty batch (zeros)")
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_packed_batch_sizes_must_be_int64(cls):
+    ref = getattr(torch.nn, cls)(3, 4)
+    ours = getattr(rnnkernels, cls)(3, 4)
+    p = pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])
+    bad = PackedSequence(p.data, p.batch_sizes.to(torch.int32))
+    with pytest.raises(RuntimeError) as want:
+        ref(bad)
+    with pytest.raises(type(want.value), match=str(want.value)):
+        ours(bad)
