@@ -41,3 +41,30 @@ def test_packed_batch_sizes_must_be_int64(cls):
         ref(bad)
     with pytest.raises(type(want.value), match=str(want.value)):
         ours(bad)
+
+
+class _WeightDrop(torch.nn.Module):
+    """DropConnect on a recurrent weight (AWD-LSTM's weight drop) as a parametrization."""
+
+    def forward(self, w):
+        return torch.nn.functional.dropout(w, 0.5, training=True)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_weight_drop_parametrization_draws_the_same_masks(cls):
+    """A random parametrization is evaluated as often, in the same order, as under torch.nn
+    (which reads each weight several times per forward), so the same seed gives the same
+    masks and the same outputs, call after call."""
+    import torch.nn.utils.parametrize as P
+    outs = []
+    for mod in (torch.nn, rnnkernels):
+        torch.manual_seed(0)
+        m = getattr(mod, cls)(3, 4, num_layers=2)
+        for name in ("weight_hh_l0", "weight_hh_l1"):
+            P.register_parametrization(m, name, _WeightDrop())
+        torch.manual_seed(1)
+        x = torch.randn(4, 2, 3)
+        outs.append([m(x)[0] for _ in range(3)])
+    for ours, ref in zip(outs[1], outs[0]):
+        assert_close(ours, ref, "output under weight drop")
+    assert not torch.allclose(outs[0][0], outs[0][1]), "the masks must change between calls"

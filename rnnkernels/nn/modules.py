@@ -74,10 +74,18 @@ class _RNNBaseMixin(_BackendMixin):
         return torch.zeros(self.num_layers * dirs, batch, size, dtype=ref.dtype, device=ref.device)
 
     def _weights(self) -> list[Tensor]:
-        # Read the parameters by name on every call rather than through torch's cached
-        # _flat_weights (which forward would have to refresh by assignment): no module state is
-        # written during forward, so torch.export and functional_call see pure reads.
-        return [getattr(self, name) for name in self._flat_weights_names]
+        # The parameters as torch.nn's forward reads them (RNNBase._update_flat_weights), without
+        # writing module state (so torch.export and functional_call see pure reads): each weight
+        # once (hasattr + getattr) up to the first that is no longer the cached object, and if
+        # one is, all of them again. A random parametrization (weight drop through
+        # torch.nn.utils.parametrize) is then evaluated as often as under torch.nn, so the same
+        # seed gives the same masks; the last evaluation is the one used, as there.
+        names = self._flat_weights_names
+        for ref, name in zip(self._flat_weight_refs, names):
+            weight = getattr(self, name) if hasattr(self, name) else None
+            if weight is not None and ref is not None and ref() is not weight:
+                return [getattr(self, n) if hasattr(self, n) else None for n in names]
+        return list(self._flat_weights)
 
     def forward(self, input, hx=None):
         is_lstm = self.mode == "LSTM"
