@@ -1,5 +1,7 @@
 """Triton launch strategies and step-kernel tiles on a GPU, against cuDNN: data to place the
-``auto`` threshold of ``rnnkernels/backends/triton/plan.py``.
+``auto`` threshold of ``rnnkernels/backends/triton/plan.py`` (what it measured on an H200 and
+the rules drawn from it: ``bench/results/gpu-h200-20261126/README.md``, "Figures behind the
+Triton plan").
 
     python -m bench.triton_strategy [--out DIR] [--quick]
 

@@ -5,7 +5,7 @@ if something imported triton earlier without it, the module skips with the reaso
 runs the Triton forward and backward (the backward on the Triton forward's own workspaces) and
 the reference forward and backward, then compares every output: float32 tightly, fp16/bf16 by
 relative RMS against the float32 reference. Every buffer the backend allocates is NaN-poisoned
-(``plan.empty`` is patched), so an element the kernels forget to write fails the comparison; the
+(``launch.empty`` is patched), so an element the kernels forget to write fails the comparison; the
 exact zeros the contract requires at t ≥ L_b are checked separately. Both launch strategies are
 forced, with the default tiles and with 16-wide tiles that split H=33 into three tiles and the
 reductions into several K chunks.
@@ -50,8 +50,8 @@ def _tf32_off_and_poison(monkeypatch):
     def poisoned(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    from rnnkernels.backends.triton import plan
-    monkeypatch.setattr(plan, "empty", poisoned)
+    from rnnkernels.backends.triton import launch
+    monkeypatch.setattr(launch, "empty", poisoned)
 
 
 # ------------------------------------------------------------------------------------ the cases
@@ -298,20 +298,20 @@ def test_strategy_and_tuning_validation(monkeypatch):
     from rnnkernels.backends.triton import plan
     monkeypatch.setenv("RNNKERNELS_TRITON_STRATEGY", "step")
     dev = torch.device(DEVICE)
-    assert plan.make_plan(dev, torch.float32, 3, 33, 33, 4, False).strategy == "step"
+    assert plan.make_plan(dev, torch.float32, 3, 33, 33, False).strategy == "step"
     with tb.strategy("persistent"):  # the context manager wins over the environment
-        assert plan.make_plan(dev, torch.float32, 3, 33, 33, 4, False).strategy == "persistent"
+        assert plan.make_plan(dev, torch.float32, 3, 33, 33, False).strategy == "persistent"
     monkeypatch.setenv("RNNKERNELS_TRITON_STRATEGY", "auto")
     # auto (GPU tiles): one program up to 4 tile products per step; on a GPU the grid variant
     # up to H, P <= 256; under the interpreter one program up to 16 tile products, else step
-    auto = [plan.make_plan(dev, dt, 8, h, p, 4, proj).strategy for dt, h, p, proj in [
+    auto = [plan.make_plan(dev, dt, 8, h, p, proj).strategy for dt, h, p, proj in [
         (torch.float16, 128, 128, False), (torch.float16, 129, 128, False),
         (torch.float32, 64, 64, False), (torch.float32, 64, 80, False),
         (torch.bfloat16, 64, 64, True), (torch.bfloat16, 128, 96, True)]]
     assert auto == (["persistent", "step"] * 3 if plan.INTERPRET else ["persistent-grid"] * 6)
-    assert plan.make_plan(dev, torch.float32, 8, 32, 32, 4, False).strategy == "persistent"
-    assert plan.make_plan(dev, torch.float32, 8, 512, 512, 4, False).strategy == "step"
-    assert plan.make_plan(dev, torch.float32, 0, 64, 64, 4, False).strategy in (
+    assert plan.make_plan(dev, torch.float32, 8, 32, 32, False).strategy == "persistent"
+    assert plan.make_plan(dev, torch.float32, 8, 512, 512, False).strategy == "step"
+    assert plan.make_plan(dev, torch.float32, 0, 64, 64, False).strategy in (
         "persistent", "persistent-grid")                  # B = 0 plans too (nothing launches)
 
 
@@ -325,7 +325,7 @@ def test_auto_plan_on_a_gpu(monkeypatch):
     cuda = torch.device("cuda")
 
     def pick(B, H, dt=torch.float32):
-        return plan.make_plan(cuda, dt, B, H, H, 4, False)
+        return plan.make_plan(cuda, dt, B, H, H, False)
 
     assert pick(1, 32).strategy == "persistent"
     for B, H in [(1, 64), (64, 256), (0, 128), (256, 128)]:
@@ -339,6 +339,44 @@ def test_auto_plan_on_a_gpu(monkeypatch):
     assert pick(64, 512, torch.float16).strategy == "step"
 
 
+def test_launcher_phases_and_signatures():
+    """The launches of each strategy, as the launcher builds them for every cell: ``step`` one
+    launch per phase (SYNC=0), the persistent strategies one launch running every phase with
+    its barriers numbered by NPH (the grid-barrier variant runs on a GPU only, so its
+    constexprs are pinned here); a kernel signature out of the convention is refused."""
+    from rnnkernels.backends.triton import gru, launch, lstm, rnn
+    known = dict(HAS_LEN=True, REVERSE=False, SAVE=True, G=4, DOT_F32=True, BB=16, BH=16,
+                 BK=16)
+
+    def phases(kernels, backward, flags, sync):
+        return [tuple((k, c[k]) for k in sorted(c) if k.startswith("DO_") or k in ("NPH", "SYNC"))
+                for c in launch.launches(kernels, backward, {**known, **flags}, sync)]
+
+    proj, plain = {"PROJ": True}, {"PROJ": False}
+    assert phases(lstm.KERNELS, False, proj, 0) == [
+        (("DO_CELL", 1), ("DO_PROJ", 0), ("NPH", 1), ("SYNC", 0)),
+        (("DO_CELL", 0), ("DO_PROJ", 1), ("NPH", 1), ("SYNC", 0))]
+    assert phases(lstm.KERNELS, False, proj, 2) == [
+        (("DO_CELL", 1), ("DO_PROJ", 1), ("NPH", 2), ("SYNC", 2))]
+    assert phases(lstm.KERNELS, True, proj, 2) == [
+        (("DO_CARRY", 1), ("DO_PROJ", 1), ("NPH", 2), ("SYNC", 2))]
+    for backward, first in ((False, "DO_CELL"), (True, "DO_CARRY")):
+        for sync in (0, 1):
+            assert phases(lstm.KERNELS, backward, plain, sync) == [
+                tuple(sorted(((first, 1), ("DO_PROJ", 0), ("NPH", 1), ("SYNC", sync))))]
+    for kernels, flags in ((gru.KERNELS, {"HAS_BHN": True}), (rnn.KERNELS, {"RELU": True})):
+        for backward in (False, True):
+            assert phases(kernels, backward, flags, 2) == [(("SYNC", 2),)]
+    with pytest.raises(TypeError, match="RELU"):
+        launch.launches(rnn.KERNELS, False, known, 0)
+
+    class Bad:
+        __name__ = "bad"
+        arg_names = ["x_ptr", "s_first", "n_steps", "BB", "T"]
+    with pytest.raises(TypeError, match="expected pointers"):
+        launch._Signature.of(Bad())
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only behaviour")
 def test_interpreter_switches():
     from rnnkernels.backends.triton import plan
@@ -346,7 +384,7 @@ def test_interpreter_switches():
     assert plan.dot_f32(torch.bfloat16, torch.device("cpu"))
     assert not plan.dot_f32(torch.float16, torch.device("cpu"))
     with tb.strategy("persistent-grid"), pytest.raises(RuntimeError, match="deadlock"):
-        plan.make_plan(torch.device("cpu"), torch.float32, 3, 33, 33, 4, False)
+        plan.make_plan(torch.device("cpu"), torch.float32, 3, 33, 33, False)
 
 
 # ----------------------------------------------------------------------------------- CUDA only
@@ -449,8 +487,9 @@ def test_kernels_compile_for_sm90():
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    res = subprocess.run([sys.executable, "-m", "rnnkernels.backends.triton.aot", "--quick", "--dtypes",
-                          "fp16,fp32"], capture_output=True, text=True, env=env, timeout=600,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-m", "rnnkernels.backends.triton.aot", "--quick",
+                          "--dtypes", "fp16,fp32"], capture_output=True, text=True, env=env,
+                         timeout=600, cwd=root)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert res.stdout.count("ok   sm_90") == 12, res.stdout

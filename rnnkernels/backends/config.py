@@ -62,7 +62,8 @@ def get(key: str) -> str:
 
 
 def flag(key: str) -> bool:
-    return get(key) in ("1", "true")
+    """A boolean setting: on for 1/true/yes/on (any case), the values triton's own knobs accept."""
+    return get(key).lower() in ("1", "true", "yes", "on", "y")
 
 
 def table() -> str:

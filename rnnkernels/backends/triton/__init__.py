@@ -11,7 +11,8 @@ signatures, return tuples, dtypes and time/length/reverse semantics of
   tests, it is slow, and ``auto`` never picks it.
 * Strategy (one launch per step, or one persistent launch for the whole sequence): chosen by a
   size heuristic, or forced with ``RNNKERNELS_TRITON_STRATEGY`` / :func:`strategy`; see
-  ``plan.py``. Kernels: ``lstm.py``, ``gru.py``, ``rnn.py``; shared gate math in ``cell.py``.
+  ``plan.py``. Kernels: ``lstm.py``, ``gru.py``, ``rnn.py`` (math, loads and stores), run by
+  the one launcher ``launch.py``; shared gate math in ``cell.py``, tile helpers in ``tiles.py``.
 
 Importing this package never fails when triton is missing: :func:`supports` then gives the
 reason and the six functions raise ``RuntimeError``.
@@ -22,9 +23,9 @@ reason and the six functions raise ``RuntimeError``.
 """
 from __future__ import annotations
 
-import os
-
 import torch
+
+from .. import config
 
 NAME = "triton"
 
@@ -32,6 +33,7 @@ try:
     import triton  # noqa: F401
 
     from . import gru as _gru
+    from . import launch as _launch
     from . import lstm as _lstm
     from . import plan as _plan
     from . import rnn as _rnn
@@ -53,11 +55,11 @@ __all__ = ["NAME", "supports", "strategy", "tuning", "lstm_forward", "lstm_backw
            "gru_forward", "gru_backward", "rnn_forward", "rnn_backward"]
 
 
-def supports(device_type: str, dtype: torch.dtype, **sizes) -> str | None:
+def supports(device_type: str, dtype: torch.dtype) -> str | None:
     """None if this backend can run the case, else the reason (see ``docs/BACKENDS.md``).
 
-    ``sizes`` (T, B, H, I, P, ...) are accepted for the contract; every size the other backends
-    take runs here too (int64 indexing; a variant whose limits a size breaks is never chosen).
+    Every size the other backends take runs here too (int64 indexing; a variant whose limits a
+    size breaks is never chosen), so the answer never depends on T, B or H.
     """
     if _IMPORT_ERROR is not None:
         return f"triton is not importable ({_IMPORT_ERROR})"
@@ -73,9 +75,9 @@ def supports(device_type: str, dtype: torch.dtype, **sizes) -> str | None:
         return None
     if device_type == "cpu":
         if not _plan.INTERPRET:
-            if os.environ.get("TRITON_INTERPRET", "0") == "1":
-                return ("TRITON_INTERPRET=1 was set after rnnkernels.backends.triton was imported; set it "
-                        "before the first import of triton")
+            if config.flag("triton_interpret"):
+                return ("TRITON_INTERPRET=1 was set after rnnkernels.backends.triton was "
+                        "imported; set it before the first import of triton")
             return ("triton kernels run on the CPU only under the interpreter (set "
                     "TRITON_INTERPRET=1 before importing triton; slow, meant for tests)")
         return None
@@ -109,7 +111,8 @@ def _lengths(lengths, ref):
 def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
     """-> out [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H] acc, cs [T,B,H] acc."""
     _check("lstm_forward", xp, h0, c0, w_hh, w_hr)
-    return _lstm.forward(xp, h0, c0, w_hh, w_hr, _lengths(lengths, xp), reverse, save)
+    return _launch.forward(_lstm.KERNELS, xp, (h0, c0), w_hh, _lengths(lengths, xp), reverse,
+                           save, inputs=dict(w_hr=w_hr), flags=dict(PROJ=w_hr is not None))
 
 
 def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out, gates,
@@ -117,31 +120,36 @@ def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, rever
     """-> dxp [T,B,4H] dt, dh0 [B,P] dt, dc0 [B,H] dt, dh [T,B,P] acc (empty without w_hr)."""
     _check("lstm_backward", h0, grad_out, grad_hn, grad_cn, c0, w_hh, w_hr, gates, cs)
     _need_workspaces("lstm_backward", gates, cs)
-    return _lstm.backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr,
-                          _lengths(lengths, h0), reverse, out, gates, cs)
+    return _launch.backward(_lstm.KERNELS, grad_out, (grad_hn, grad_cn), (h0, c0), w_hh,
+                            _lengths(lengths, h0), reverse, out, (gates, cs),
+                            inputs=dict(w_hr=w_hr), flags=dict(PROJ=w_hr is not None))
 
 
 def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
     """-> out [T,B,H], h_n [B,H], gates [T,B,3H] acc, hn_lin [T,B,H] acc."""
     _check("gru_forward", xp, h0, w_hh, b_hn)
-    return _gru.forward(xp, h0, w_hh, b_hn, _lengths(lengths, xp), reverse, save)
+    return _launch.forward(_gru.KERNELS, xp, (h0,), w_hh, _lengths(lengths, xp), reverse, save,
+                           inputs=dict(b_hn=b_hn), flags=dict(HAS_BHN=b_hn is not None))
 
 
 def gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin):
     """-> dxp [T,B,3H] dt, dh0 [B,H] dt."""
     _check("gru_backward", h0, grad_out, grad_hn, w_hh, b_hn, out, gates, hn_lin)
     _need_workspaces("gru_backward", gates, hn_lin)
-    return _gru.backward(grad_out, grad_hn, h0, w_hh, b_hn, _lengths(lengths, h0), reverse,
-                         out, gates, hn_lin)
+    return _launch.backward(_gru.KERNELS, grad_out, (grad_hn,), (h0,), w_hh,
+                            _lengths(lengths, h0), reverse, out, (gates, hn_lin),
+                            inputs=dict(b_hn=b_hn), flags=dict(HAS_BHN=b_hn is not None))
 
 
 def rnn_forward(xp, h0, w_hh, lengths, reverse, relu, save=True):
     """-> out [T,B,H], h_n [B,H]."""
     _check("rnn_forward", xp, h0, w_hh)
-    return _rnn.forward(xp, h0, w_hh, _lengths(lengths, xp), reverse, relu)
+    return _launch.forward(_rnn.KERNELS, xp, (h0,), w_hh, _lengths(lengths, xp), reverse, save,
+                           flags=dict(RELU=bool(relu)))
 
 
 def rnn_backward(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
     """-> dxp [T,B,H] dt, dh0 [B,H] dt."""
     _check("rnn_backward", h0, grad_out, grad_hn, w_hh, out)
-    return _rnn.backward(grad_out, grad_hn, h0, w_hh, _lengths(lengths, h0), reverse, relu, out)
+    return _launch.backward(_rnn.KERNELS, grad_out, (grad_hn,), (h0,), w_hh,
+                            _lengths(lengths, h0), reverse, out, (), flags=dict(RELU=bool(relu)))

@@ -3,8 +3,9 @@
     python -m rnnkernels.backends.triton.aot [--arch 90] [--dtypes fp16,bf16,fp32] [--quick]
 
 Runs triton's whole GPU pipeline (frontend → TTIR → TTGIR → LLVM → PTX → ptxas) on each
-kernel in each variant its launcher uses (step, persistent, persistent-grid; with and without
-the LSTM projection; every dtype), with the tile sizes ``plan.make_plan`` picks on a GPU.
+kernel in each variant the launcher uses (step, persistent, persistent-grid; with and without
+the LSTM projection; every dtype), with the constexprs of ``launch.launches`` and the tile sizes
+``plan.make_plan`` picks on a GPU.
 The interpreter cannot find what only the compiler rejects (a type that does not lower, a
 construct the GPU backend lacks) nor register spills; this can, with no device. It prints
 the registers and stack bytes of each kernel when triton's bundled ``cuobjdump`` is there, and
@@ -20,55 +21,40 @@ import sys
 import tempfile
 import time
 
-_INTS = {"s_first", "n_steps", "T", "B", "H", "P"}
-_DATA = {"xp_ptr", "w_hh_ptr", "w_hr_ptr", "bhn_ptr", "out_ptr", "gout_ptr", "ghn_ptr",
-         "c0_ptr", "h0_ptr", "dxp_ptr", "dh0_ptr"}
+from .. import config
+
+# dtype of each pointer: the data tensors in the scan's dtype, lengths int64, the barrier
+# counters int32, everything else (workspaces, states, carries, scratch) fp32
+_DATA = {"xp", "w_hh", "w_hr", "b_hn", "out", "grad_out", "grad_hn", "c0", "h0", "dxp", "dh0"}
 _TRITON_DT = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+_SYNC = {"step": 0, "persistent": 1, "persistent-grid": 2}
+# (cell, backward, strategy, the cell's flags): every kernel in each variant its launcher uses
+_CASES = [
+    ("lstm", False, "step", {"PROJ": False}), ("lstm", False, "step", {"PROJ": True}),
+    ("lstm", False, "persistent", {"PROJ": False}),
+    ("lstm", False, "persistent-grid", {"PROJ": True}),
+    ("lstm", True, "step", {"PROJ": False}), ("lstm", True, "step", {"PROJ": True}),
+    ("lstm", True, "persistent", {"PROJ": False}),
+    ("lstm", True, "persistent-grid", {"PROJ": True}),
+    ("gru", False, "step", {"HAS_BHN": True}), ("gru", False, "persistent-grid", {"HAS_BHN": True}),
+    ("gru", True, "step", {}), ("gru", True, "persistent-grid", {}),
+    ("rnn", False, "step", {"RELU": False}), ("rnn", False, "persistent-grid", {"RELU": True}),
+    ("rnn", True, "step", {"RELU": True}), ("rnn", True, "persistent-grid", {"RELU": False}),
+]
 
 
 def _variants(quick: bool):
-    """(label, kernel, strategy, constexprs) of what the launchers launch."""
-    from . import gru, lstm, rnn
-    common = {"HAS_LEN": True, "REVERSE": True}
-    v = [
-        ("lstm_fwd step", lstm._lstm_fwd_kernel, "step",
-         dict(SAVE=True, PROJ=False, DO_CELL=1, DO_PROJ=0, NPH=1, SYNC=0)),
-        ("lstm_fwd step proj/cell", lstm._lstm_fwd_kernel, "step",
-         dict(SAVE=True, PROJ=True, DO_CELL=1, DO_PROJ=0, NPH=1, SYNC=0)),
-        ("lstm_fwd step proj/proj", lstm._lstm_fwd_kernel, "step",
-         dict(SAVE=True, PROJ=True, DO_CELL=0, DO_PROJ=1, NPH=1, SYNC=0)),
-        ("lstm_fwd persistent", lstm._lstm_fwd_kernel, "persistent",
-         dict(SAVE=True, PROJ=False, DO_CELL=1, DO_PROJ=0, NPH=1, SYNC=1)),
-        ("lstm_fwd persistent-grid proj", lstm._lstm_fwd_kernel, "persistent-grid",
-         dict(SAVE=True, PROJ=True, DO_CELL=1, DO_PROJ=1, NPH=2, SYNC=2)),
-        ("lstm_bwd step", lstm._lstm_bwd_kernel, "step",
-         dict(PROJ=False, DO_A=1, DO_B=0, NPH=1, SYNC=0)),
-        ("lstm_bwd step proj/A", lstm._lstm_bwd_kernel, "step",
-         dict(PROJ=True, DO_A=1, DO_B=0, NPH=1, SYNC=0)),
-        ("lstm_bwd step proj/B", lstm._lstm_bwd_kernel, "step",
-         dict(PROJ=True, DO_A=0, DO_B=1, NPH=1, SYNC=0)),
-        ("lstm_bwd persistent", lstm._lstm_bwd_kernel, "persistent",
-         dict(PROJ=False, DO_A=1, DO_B=1, NPH=1, SYNC=1)),
-        ("lstm_bwd persistent-grid proj", lstm._lstm_bwd_kernel, "persistent-grid",
-         dict(PROJ=True, DO_A=1, DO_B=1, NPH=2, SYNC=2)),
-        ("gru_fwd step", gru._gru_fwd_kernel, "step", dict(SAVE=True, HAS_BHN=True, SYNC=0)),
-        ("gru_fwd persistent-grid", gru._gru_fwd_kernel, "persistent-grid",
-         dict(SAVE=True, HAS_BHN=True, SYNC=2)),
-        ("gru_bwd step", gru._gru_bwd_kernel, "step", dict(SYNC=0)),
-        ("gru_bwd persistent-grid", gru._gru_bwd_kernel, "persistent-grid", dict(SYNC=2)),
-        ("rnn_fwd step", rnn._rnn_fwd_kernel, "step", dict(RELU=False, SYNC=0)),
-        ("rnn_fwd persistent-grid", rnn._rnn_fwd_kernel, "persistent-grid",
-         dict(RELU=True, SYNC=2)),
-        ("rnn_bwd step", rnn._rnn_bwd_kernel, "step", dict(RELU=True, SYNC=0)),
-        ("rnn_bwd persistent-grid", rnn._rnn_bwd_kernel, "persistent-grid",
-         dict(RELU=False, SYNC=2)),
-    ]
-    if quick:  # the most involved variant of each kernel
-        keep = {"lstm_fwd persistent-grid proj", "lstm_bwd persistent-grid proj",
-                "gru_fwd persistent-grid", "gru_bwd persistent-grid", "rnn_fwd persistent-grid",
-                "rnn_bwd persistent-grid"}
-        v = [x for x in v if x[0] in keep]
-    return [(label, fn, strat, {**common, **c}) for label, fn, strat, c in v]
+    """(label, kernels, backward, strategy, flags, phase index) of what the launcher launches;
+    ``quick``: the most involved variant of each kernel (persistent-grid)."""
+    out = []
+    for cell, backward, strat, flags in _CASES:
+        if quick and strat != "persistent-grid":
+            continue
+        label = f"{cell}_{'bwd' if backward else 'fwd'} {strat}"
+        if flags.get("PROJ"):
+            label += " proj"
+        out.append((label, cell, backward, strat, flags))
+    return out
 
 
 def _resources(cubin: bytes) -> str:
@@ -88,46 +74,64 @@ def _resources(cubin: bytes) -> str:
 
 def compile_all(arch: int = 90, dtypes=("fp16", "bf16", "fp32"), quick: bool = False) -> int:
     """Compile the variants; print one line each; return the number of failures."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if config.flag("triton_interpret"):
         raise SystemExit("unset TRITON_INTERPRET: the interpreter has no compiler to check")
     import torch
-    import triton
     from triton.backends.compiler import GPUTarget
 
-    from . import plan
+    from . import gru, launch, lstm, plan, rnn
+    tables = {"lstm": lstm.KERNELS, "gru": gru.KERNELS, "rnn": rnn.KERNELS}
     failures = 0
     target = GPUTarget("cuda", arch, 32)
     for dt in dtypes:
         torch_dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dt]
-        for label, fn, strat, consts in _variants(quick):
+        for label, cell, backward, strat, flags in _variants(quick):
+            kernels = tables[cell]
+            fn = kernels.backward if backward else kernels.forward
             with plan.strategy("step" if strat == "persistent-grid" else strat):
-                pl = plan.make_plan(torch.device("cpu"), torch_dt, 64, 256, 256, 4, True)
-            consts = {**consts, "DOT_F32": dt == "fp32" or (dt == "bf16" and arch < 80),
-                      "BB": pl.BB, "BH": pl.BH, "BK": pl.BK}
-            sig = {}
-            for name in fn.arg_names:
-                if name in consts:
-                    sig[name] = "constexpr"
-                elif name in _INTS:
-                    sig[name] = "i32"
-                elif name == "len_ptr":
-                    sig[name] = "*i64"
-                elif name == "sync_ptr":
-                    sig[name] = "*i32"
-                else:
-                    sig[name] = _TRITON_DT[dt] if name in _DATA else "*fp32"
-            t0 = time.perf_counter()
-            try:
-                src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
-                k = triton.compile(src, target=target, options={"num_warps": pl.num_warps,
-                                                                "num_stages": pl.num_stages})
-            except Exception as exc:  # report every failing variant, not just the first
-                failures += 1
-                print(f"FAIL sm_{arch} {dt} {label}: {type(exc).__name__}: {exc}", flush=True)
-                continue
-            print(f"ok   sm_{arch} {dt} {label} ({time.perf_counter() - t0:.1f}s) "
-                  f"{_resources(k.asm['cubin'])}", flush=True)
+                pl = plan.make_plan(torch.device("cpu"), torch_dt, 64, 256, 256, True)
+            known = dict(HAS_LEN=True, REVERSE=True, SAVE=True, G=kernels.cell.gates,
+                         DOT_F32=dt == "fp32" or (dt == "bf16" and arch < 80),
+                         BB=pl.BB, BH=pl.BH, BK=pl.BK, **flags)
+            each = launch.launches(kernels, backward, known, _SYNC[strat])
+            for k, consts in enumerate(each):
+                name = label + (f"/{_phase_label(kernels, backward, consts)}"
+                                if len(each) > 1 else "")
+                failures += _compile_one(fn, consts, dt, pl, target, f"sm_{arch} {dt} {name}")
     return failures
+
+
+def _phase_label(kernels, backward: bool, consts: dict) -> str:
+    """The phase a one-phase launch runs, for its label."""
+    phases = kernels.backward_phases if backward else kernels.forward_phases
+    return next(p for p in phases if consts.get(f"DO_{p}")).lower()
+
+
+def _compile_one(fn, consts: dict, dt: str, pl, target, label: str) -> int:
+    import triton
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif not name.endswith("_ptr"):
+            sig[name] = "i32"
+        elif name == "lens_ptr":
+            sig[name] = "*i64"
+        elif name == "sync_ptr":
+            sig[name] = "*i32"
+        else:
+            sig[name] = _TRITON_DT[dt] if name[:-4] in _DATA else "*fp32"
+    t0 = time.perf_counter()
+    try:
+        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+        k = triton.compile(src, target=target, options={"num_warps": pl.num_warps,
+                                                        "num_stages": pl.num_stages})
+    except Exception as exc:  # report every failing variant, not just the first
+        print(f"FAIL {label}: {type(exc).__name__}: {exc}", flush=True)
+        return 1
+    print(f"ok   {label} ({time.perf_counter() - t0:.1f}s) {_resources(k.asm['cubin'])}",
+          flush=True)
+    return 0
 
 
 def main(argv=None) -> int:

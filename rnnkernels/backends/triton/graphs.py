@@ -1,32 +1,34 @@
 """CUDA-graph replay of the ``step`` strategy's per-step launches.
 
 Why: a ``step`` scan launches one kernel per time step, and a triton launch from Python costs
-~33 µs of host time (measured on an H200, every H ≤ 512; bench/results/cuda-triton-strategy-*):
-at small B·H the GPU idles between steps. A CUDA graph replays the T launches with one host call.
+tens of µs of host time at every size, more than the step's own kernel at small B·H, so the GPU
+idles between steps. A CUDA graph replays the T launches with one host call. Figures:
+``bench/results/gpu-h200-20261126/README.md`` ("Figures behind the Triton plan").
 
 How: a graph is bound to the addresses it was captured with, so each distinct call signature
 (kernel, shapes, strides, dtypes, scalars, device, stream) owns STATIC copies of every buffer the
 launches touch. A call copies its buffers into the static ones, replays, and copies the buffers
-the kernels write back out: two extra passes over memory (~0.1 ms per 256 MB on an H100-class
-GPU) for T fewer launches. Layers and directions of the same shape share one entry (they run one
-after another on a stream). The first call of a signature runs eagerly (it also compiles the
-kernel: nothing is compiled during a capture); the second captures and replays.
+the kernels write back out: two extra passes over memory for T fewer launches
+(``MAX_ENTRY_MB`` bounds what one entry may copy). Layers and directions of the same shape share
+one entry (they run one after another on a stream). The first call of a signature runs eagerly
+(it also compiles the kernel: nothing is compiled during a capture); the second captures and
+replays.
 
 Not used: under ``TRITON_INTERPRET=1``, on CPU tensors, inside a caller's own graph capture
 (``torch.cuda.is_current_stream_capturing()``: the eager launches are then recorded into the
 caller's graph), for T < ``MIN_STEPS``, for buffers above ``MAX_ENTRY_MB``, or with
-``RNNKERNELS_TRITON_GRAPHS=0``. ``clear()`` frees every entry (``torch.cuda.empty_cache`` does
-not: the entries hold their static buffers).
+``RNNKERNELS_TRITON_GRAPHS=0`` (read through ``backends/config.py``). ``clear()`` frees every
+entry (``torch.cuda.empty_cache`` does not: the entries hold their static buffers).
 """
 from __future__ import annotations
 
 import collections
-import os
 import threading
 from typing import Callable
 
 import torch
 
+from .. import config
 from . import plan as _plan
 
 MIN_STEPS = 8
@@ -46,8 +48,7 @@ class _Entry:
 
 
 def enabled() -> bool:
-    return (not _plan.INTERPRET
-            and os.environ.get("RNNKERNELS_TRITON_GRAPHS", "1").strip() not in ("0", "false"))
+    return not _plan.INTERPRET and config.flag("triton_graphs")
 
 
 def clear() -> None:

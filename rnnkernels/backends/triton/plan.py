@@ -1,12 +1,12 @@
-"""How a scan is launched: strategy, tile sizes, device guard, allocation.
+"""How a scan is launched: the strategy and the tile sizes of one scan (``make_plan``).
 
-Strategies (see the kernel docstrings in ``lstm.py`` for the step structure):
+``launch.py`` is the one caller: it plans every scan, forward and backward, of every cell.
+Strategies (see ``launch.py`` for the step order and phases, the cell modules for the math):
 
 ``step``
-    One launch per step (two for phases that need every hidden unit of the step before, i.e.
-    the LSTM projection), grid = batch tiles × hidden tiles. The launch boundary is the barrier.
-    Many programs per step, so it suits large H·B; costs one launch (~10 µs of Python and driver
-    time) per step.
+    One launch per phase of each step, grid = batch tiles × hidden tiles. The launch boundary
+    is the barrier. Many programs per step, so it suits large H·B; it pays one launch per step,
+    which CUDA-graph replay (``graphs.py``) takes off the host.
 ``persistent``
     One launch for the whole sequence. A program owns a batch tile and ALL hidden units, loops
     over the T steps and, inside a step, over the hidden tiles; the recurrence of batch row b
@@ -23,28 +23,32 @@ Strategies (see the kernel docstrings in ``lstm.py`` for the step structure):
     flag that makes the launcher raise rather than hang. It would deadlock under the interpreter
     (programs run sequentially), so it refuses to run there.
 
-``auto`` (see ``_auto_strategy``, measured on an H200): ``persistent`` when one program has at
-most 4 tile products per step, ``persistent-grid`` on a GPU up to H, P ≤ 256 when every program
-gets at most 2 hidden tiles, else ``step``; under the interpreter ``persistent`` up to 16 tile
-products, else ``step``. ``triton.autotune`` is not used because a persistent launch consumes
-its state buffers (the tuner's repeated runs would start from a wrong h0).
+``auto`` (see ``_auto_strategy``): ``persistent`` when one program has at most 4 tile products
+per step, ``persistent-grid`` on a GPU up to H, P ≤ 256 when every program gets at most 2
+hidden tiles, else ``step``; under the interpreter ``persistent`` up to 16 tile products, else
+``step``. ``triton.autotune`` is not used because a persistent launch consumes its state buffers
+(the tuner's repeated runs would start from a wrong h0).
 
-Override with ``RNNKERNELS_TRITON_STRATEGY=step|persistent|persistent-grid`` or the
-``strategy(...)`` context manager (the context manager wins); tile sizes with ``tuning(...)``
-(tests use it to force several hidden/K tiles at small sizes).
+Override with ``RNNKERNELS_TRITON_STRATEGY=step|persistent|persistent-grid`` (read through
+``backends/config.py``) or the ``strategy(...)`` context manager (the context manager wins);
+tile sizes with ``tuning(...)`` (tests use it to force several hidden/K tiles at small sizes).
+The measurements behind these rules: ``bench/results/gpu-h200-20261126/README.md``, section
+"Figures behind the Triton plan".
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-STRATEGIES = ("auto", "step", "persistent", "persistent-grid")
+from .. import config
+
+# Read once: triton itself reads the switch once, when it decorates the kernels.
+INTERPRET = config.flag("triton_interpret")
+STRATEGIES = config.SETTINGS["triton_strategy"].values
 _PERSISTENT_MAX_SERIAL_TILES = 16
 _PERSISTENT_ALONE_MAX_SERIAL_TILES = 4
 _GRID_MAX_WIDTH = 256
@@ -63,7 +67,8 @@ def _check_strategy(name: str) -> str:
 
 @contextlib.contextmanager
 def strategy(name: str):
-    """Force the launch strategy inside the block: ``with rnnkernels.backends.triton.strategy("step"):``."""
+    """Force the launch strategy inside the block:
+    ``with rnnkernels.backends.triton.strategy("step"):``."""
     token = _strategy.set(_check_strategy(name))
     try:
         yield
@@ -97,7 +102,7 @@ def requested_strategy() -> str:
     forced = _strategy.get()
     if forced is not None:
         return forced
-    return _check_strategy(os.environ.get("RNNKERNELS_TRITON_STRATEGY", "auto").strip() or "auto")
+    return config.get("triton_strategy")
 
 
 def _pow2(n: int, lo: int, hi: int) -> int:
@@ -179,14 +184,13 @@ def _serial_tiles(dtype: torch.dtype, H: int, P: int, has_proj: bool) -> int:
 
 def _auto_strategy(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int,
                    has_proj: bool) -> str:
-    """``auto``'s choice. Measured on an H200 (fp32 inference, T=200, B=1 and 64, LSTM and GRU;
-    bench/results/gpu-h200-20261126/run2-triton-strategy.jsonl): ``step`` costs ~33 µs of launch per step at
-    every H ≤ 512; ``persistent`` wins only at H=32 (4.4 µs/step) and falls far behind from
-    H=128 on (one SM streams all of W_hh); ``persistent-grid`` wins from H=64 to H=256 (7 to
-    19 µs/step, 2-5x ``step``). So: one program where it has at most 4 tile products per step,
-    the grid variant on a GPU where every program has at most 2 hidden tiles and
-    max(H, P) ≤ 256, else ``step``. (The interpreter cannot run the grid variant: it keeps the
-    older rule of up to 16 tile products in one program.)"""
+    """``auto``'s choice. ``step`` pays a launch per step at every size; one ``persistent``
+    program streams all of W_hh through one SM, so it wins only while that is a few tile
+    products; ``persistent-grid`` spreads W_hh over the SMs and wins while each program keeps at
+    most 2 hidden tiles and max(H, P) ≤ 256 (beyond that ``step``'s many programs win). Measured
+    on an H200, fp32 inference, LSTM and GRU: see the results README named in this module's
+    docstring. The interpreter cannot run the grid variant: it keeps the older rule of up to 16
+    tile products in one program."""
     serial = _serial_tiles(dtype, H, P, has_proj)
     if serial <= _PERSISTENT_ALONE_MAX_SERIAL_TILES:
         return "persistent"
@@ -199,7 +203,7 @@ def _auto_strategy(device: torch.device, dtype: torch.dtype, B: int, H: int, P: 
     return "persistent" if serial <= _PERSISTENT_MAX_SERIAL_TILES else "step"
 
 
-def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, G: int,
+def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int,
               has_proj: bool) -> Plan:
     """The strategy and launch configuration of one scan (forward or backward)."""
     name = requested_strategy()
@@ -217,11 +221,12 @@ def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, 
         BH = _pow2(width, 16, 128)
         BK = _pow2(width, 16, 128)
     else:
-        # Small tiles: compiled for sm_90 by triton 3.9 (``python -m rnnkernels.backends.triton.aot``)
-        # the kernels fit in 255 registers without spilling at BB×BH×BK = 16×32×32 for half
-        # types and 16×16×16 for fp32 (its FMA dot keeps both operands in registers); BB = 32
-        # or BK = 64 already spill. On an H200 the step kernel's hidden tile was swept at H=512
-        # (block_h 16-128 × 2-8 warps): 16 with 4 warps was fastest (gpu-h200-20261126/run2).
+        # Small tiles: compiled for sm_90 by triton 3.9 (``python -m
+        # rnnkernels.backends.triton.aot``) the kernels fit in 255 registers without spilling
+        # at BB×BH×BK = 16×32×32 for half types and 16×16×16 for fp32 (its FMA dot keeps both
+        # operands in registers); BB = 32 or BK = 64 already spill. The step kernel's hidden
+        # tile and warps come from a sweep on an H200 (block_h 16-128 × 2-8 warps; the results
+        # README of the module docstring).
         BB, BH, BK = _gpu_tiles(dtype)
     BB = tune.get("block_b", BB)
     BH = tune.get("block_h", BH)
@@ -247,52 +252,6 @@ def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int, 
     return Plan(name, BB, BH, BK, num_warps, num_stages, nprog_h, sync, dot_f32(dtype, device))
 
 
-def sync_counters(pl: Plan, nb: int, device, dummy: torch.Tensor) -> torch.Tensor:
-    """Zeroed grid-barrier counters (one per batch tile, then the timeout flag) when the plan
-    uses them (see ``tiles.phase_sync``), else ``dummy`` (never dereferenced)."""
-    if pl.sync == 2:
-        return torch.zeros((nb + 1,), dtype=torch.int32, device=device)
-    return dummy
-
-
-def check_sync(pl: Plan, counters: torch.Tensor) -> None:
-    """After a grid-barrier launch: raise if a barrier timed out (costs one host sync). Not
-    after a cooperative launch (co-residency is guaranteed, the barrier cannot starve: no host
-    sync per call then) nor while a CUDA graph is being captured (no host sync is allowed)."""
-    if (pl.sync != 2 or "launch_cooperative_grid" in pl.launch_options()
-            or torch.cuda.is_current_stream_capturing()):
-        return
-    if int(counters[-1].item()) != 0:
-        raise RuntimeError("rnnkernels triton backend: a grid barrier of 'persistent-grid' timed "
-                           "out (its programs were not all resident on the GPU); the results are "
-                           "invalid. Use strategy 'persistent' or 'step'.")
-
-
-def empty(shape, dtype, device) -> torch.Tensor:
-    """Every buffer the backend allocates comes from here (tests poison it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def workspace(shape, dtype, device, lengths) -> torch.Tensor:
-    """A saved workspace. The kernels write active steps only; with lengths the rest is zeroed,
-    so the op's outputs are a function of its inputs (opcheck, AOT autograd recomputation)."""
-    t = empty(shape, dtype, device)
-    if lengths is not None and t.numel():
-        t.zero_()
-    return t
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def device_guard(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it the tensors' device."""
-    if t.device.type == "cuda":
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
-
-
 class _DirectCall:
     """An interpreted ``@triton.jit`` helper called without re-patching ``triton.language``."""
 
@@ -309,13 +268,13 @@ def interpreter_direct_calls(namespace: dict, names) -> None:
     """Speed up nested helper calls under ``TRITON_INTERPRET=1`` (no effect on a GPU).
 
     The interpreter of triton 3.9 re-patches the whole language module (``inspect.getmembers``
-    over ``tl``, ``tl.tensor``, ``tl.math``: ~4 ms) at EVERY call of one ``@triton.jit`` function
-    from another, although the kernel launch has already patched that same module object (and
-    restores it afterwards). The kernels here call ~30 small helpers per step, so that redundant
-    patching was most of the interpreter's time. This replaces the helpers ``names`` of
-    ``namespace`` (never a kernel: those are launched with ``[grid]``) by wrappers that call the
-    interpreter's rewritten function directly. Without that hook (another triton version) the
-    helpers are left as they are.
+    over ``tl``, ``tl.tensor``, ``tl.math``) at EVERY call of one ``@triton.jit`` function from
+    another, although the kernel launch has already patched that same module object (and
+    restores it afterwards). The kernels here call dozens of small helpers per step, so that
+    redundant patching adds up (figures: the results README named in the module docstring).
+    This replaces the helpers ``names`` of ``namespace`` (never a kernel: those are launched
+    with ``[grid]``) by wrappers that call the interpreter's rewritten function directly.
+    Without that hook (another triton version) the helpers are left as they are.
     """
     if not INTERPRET:
         return

@@ -1,9 +1,18 @@
 """Scheduling and tile helpers shared by the scan kernels (no cell math here: see ``cell.py``).
 
-* ``step_schedule``: which batch rows are active at step s and their time index
-  (docs/BACKENDS.md: active iff s < L_b; t = s, or L_b-1-s in reverse). Inactive rows get
-  t = s, the one step whose position (s ≥ L_b) must receive the exact zeros of ``out``/``dxp``,
-  so every (t, b) position is written exactly once per scan.
+Every kernel starts the same way: ``program_tile`` (its batch rows and its share of the hidden
+tiles), then per step ``forward_step`` / ``backward_step`` (which rows are active, their time
+index, the step parity) and ``ping_pong`` (the two halves of a [2, B, W] state buffer); then,
+per hidden tile, ``tile_cols`` and the products ``gate_products`` / ``tile_product`` /
+``recurrent_carry``. Only the cell math and the loads and stores around it differ per cell.
+
+* Schedule (docs/BACKENDS.md): row b is active at step s iff s < L_b; its time index is t = s,
+  or L_b-1-s in reverse. Inactive rows get t = s, the one step whose position (s ≥ L_b) must
+  receive the exact zeros of ``out``/``dxp``, so every (t, b) position is written exactly once
+  per scan.
+* Ping-pong: a value one program writes at step s and another reads at step s+1 (the state,
+  the carried gradients) lives in two halves chosen by step parity, so a phase never reads what
+  the same phase writes.
 * ``phase_sync``: the barrier between two dependent phases of a persistent kernel. SYNC=1 is a
   CTA barrier (the program owns its batch rows and every hidden unit); SYNC=2 is a grid barrier
   across the programs that share a batch tile (a monotonically increasing atomic counter;
@@ -22,16 +31,17 @@ from .cell import mma
 
 
 @triton.jit
-def batch_tile(pid_b, len_ptr, B, T, HAS_LEN: tl.constexpr, BB: tl.constexpr):
-    """The batch rows of program ``pid_b``: rows, their mask, int64 rows and lengths L (T when
-    there are no lengths; clamped to T so a bad length can never index past the sequence)."""
-    rows = pid_b * BB + tl.arange(0, BB)
+def program_tile(len_ptr, B, T, HAS_LEN: tl.constexpr, BB: tl.constexpr):
+    """This program's batch rows (grid axis 0): mask, int64 rows and lengths L (T when there are
+    no lengths; clamped to T so a bad length can never index past the sequence); and its share
+    of the hidden tiles (grid axis 1): tiles pid_h, pid_h + nprog, ..."""
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
     rmask = rows < B
     if HAS_LEN:
         L = tl.minimum(tl.load(len_ptr + rows, mask=rmask, other=0).to(tl.int64), T)
     else:
         L = tl.full([BB], 0, tl.int64) + T
-    return rows, rmask, rows.to(tl.int64), L
+    return rmask, rows.to(tl.int64), L, tl.program_id(1), tl.num_programs(1)
 
 
 @triton.jit
@@ -43,6 +53,39 @@ def step_schedule(s, L, rmask, REVERSE: tl.constexpr):
     else:
         t = L * 0 + s  # s as int64 rows; tl.zeros_like is a slow nested call when interpreted
     return active, t
+
+
+@triton.jit
+def forward_step(s_first, it, L, rmask, REVERSE: tl.constexpr):
+    """Iteration ``it`` of a forward launch is step s = s_first + it: s, the active rows (as
+    [BB] and [BB, 1] masks), their time index t and the parity of s (the half of a ping-pong
+    buffer that holds the state entering step s)."""
+    s = s_first + it
+    active, t = step_schedule(s, L, rmask, REVERSE)
+    return s, active, active[:, None], t, (s % 2).to(tl.int64)
+
+
+@triton.jit
+def backward_step(s_first, it, L, rmask, REVERSE: tl.constexpr):
+    """Iteration ``it`` of a backward launch is step s = s_first - it (T-1 .. 0, then -1: the
+    pass that only forms dh0): s, the active rows, t as ``forward_step``, then the rows active
+    at step s+1 and the parity of s+1 (≥ 0; its half holds the carry entering step s)."""
+    s = s_first - it
+    active, t = step_schedule(s, L, rmask, REVERSE)
+    return s, active, active[:, None], t, ((s + 1) < L) & rmask, ((s + 1) % 2).to(tl.int64)
+
+
+@triton.jit
+def ping_pong(ptr, p, B, W):
+    """Halves p and 1-p of a [2, B, W] buffer: (the one read at this step, the one written)."""
+    return ptr + p * B * W, ptr + (1 - p) * B * W
+
+
+@triton.jit
+def tile_cols(j, W, BH: tl.constexpr):
+    """Units (and their mask) of hidden tile j of a W-wide axis."""
+    cols = j * BH + tl.arange(0, BH)
+    return cols, cols < W
 
 
 @triton.jit
@@ -107,6 +150,45 @@ def load_w(ptr, ks, kmask, cols, cmask, stride_k, stride_n):
 
 
 @triton.jit
+def tile_product(a_ptr, a_row, amask, w_ptr, cols, cmask, K, stride_k, stride_n,
+                 DOT_F32: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+    """a·W for the units ``cols``: a [B, K] at rows ``a_row`` (rows off ``amask`` read as 0),
+    W[k, n] = w_ptr[k·stride_k + n·stride_n]; fp32, summed over K in chunks of BK."""
+    acc = tl.full([BB, BH], 0.0, tl.float32)
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        kmask = ks < K
+        a = load_tile(a_ptr, a_row, amask, ks, kmask)
+        acc = mma(acc, a, load_w(w_ptr, ks, kmask, cols, cmask, stride_k, stride_n), DOT_F32)
+    return acc
+
+
+@triton.jit
+def gate_products(x_ptr, x_row, rmask, w_ptr, cols, cmask, H, K, G: tl.constexpr,
+                  DOT_F32: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+    """x·W_gᵀ for the units ``cols`` of every gate g < G (G ≤ 4; the others come back as 0):
+    x [B, K] at rows ``x_row``, W [G·H, K] (gate g in rows g·H..). One pass over K, so a chunk
+    of x is loaded once for all the gates."""
+    n_i = cols.to(tl.int64)
+    acc_0 = tl.full([BB, BH], 0.0, tl.float32)
+    acc_1 = tl.full([BB, BH], 0.0, tl.float32)
+    acc_2 = tl.full([BB, BH], 0.0, tl.float32)
+    acc_3 = tl.full([BB, BH], 0.0, tl.float32)
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        kmask = ks < K
+        xk = load_tile(x_ptr, x_row, rmask, ks, kmask)
+        acc_0 = mma(acc_0, xk, load_w(w_ptr, ks, kmask, n_i, cmask, 1, K), DOT_F32)
+        if G > 1:
+            acc_1 = mma(acc_1, xk, load_w(w_ptr, ks, kmask, n_i + H, cmask, 1, K), DOT_F32)
+        if G > 2:
+            acc_2 = mma(acc_2, xk, load_w(w_ptr, ks, kmask, n_i + 2 * H, cmask, 1, K), DOT_F32)
+        if G > 3:
+            acc_3 = mma(acc_3, xk, load_w(w_ptr, ks, kmask, n_i + 3 * H, cmask, 1, K), DOT_F32)
+    return acc_0, acc_1, acc_2, acc_3
+
+
+@triton.jit
 def recurrent_carry(dg_next, w_ptr, ghn_ptr, local, act_next, rmask, rows64, cols, cmask, GH, P,
                     DOT_F32: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
     """Gradient of h entering step s, for the units ``cols`` (of P):
@@ -117,12 +199,8 @@ def recurrent_carry(dg_next, w_ptr, ghn_ptr, local, act_next, rmask, rows64, col
     Rows of dg_next of sequences inactive at s+1 (all of them at s = T-1, when the buffer was
     never written) are not even read, so no stale value enters the arithmetic.
     """
-    acc = tl.full([BB, BH], 0.0, tl.float32)
-    for k0 in range(0, GH, BK):
-        ks = k0 + tl.arange(0, BK)
-        kmask = ks < GH
-        a = load_tile(dg_next, rows64 * GH, act_next, ks, kmask)
-        acc = mma(acc, a, load_w(w_ptr, ks, kmask, cols, cmask, P, 1), DOT_F32)
+    acc = tile_product(dg_next, rows64 * GH, act_next, w_ptr, cols, cmask, GH, P, 1,
+                       DOT_F32, BB, BH, BK)
     ghn = load_tile(ghn_ptr, rows64 * P, rmask, cols, cmask)
     return tl.where(act_next[:, None], acc + local, ghn)
 
@@ -139,6 +217,7 @@ def previous_state(seq_ptr, init_ptr, s, t, active, rows64, B, W, cols, cmask,
     return tl.where(first[:, None], from_init, from_seq)
 
 
-_plan.interpreter_direct_calls(globals(), ["step_schedule", "prev_time", "phase_sync",
-                                           "load_tile", "store_tile", "load_w", "recurrent_carry",
-                                           "previous_state"])
+_plan.interpreter_direct_calls(globals(), [
+    "program_tile", "step_schedule", "forward_step", "backward_step", "ping_pong", "tile_cols",
+    "prev_time", "phase_sync", "load_tile", "store_tile", "load_w", "tile_product",
+    "gate_products", "recurrent_carry", "previous_state"])
