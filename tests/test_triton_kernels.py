@@ -399,7 +399,7 @@ def test_cuda_tensor_core_dot(dtype, strategy):
     for cell, proj in (("LSTM", 24), ("GRU", 0)):
         case = Case(cell, 9, 37, 65, proj=proj, lengths=list(range(1, 10)) * 4 + [9],
                     rev=True, dtype=dtype, strategy=strategy)
-        test_scan_matches_reference(case)
+        _check(case)
 
 
 @cuda_only
@@ -410,7 +410,7 @@ def test_cuda_persistent_grid_barrier(cell):
         case = Case(cell, 11, 5, 100, proj=proj, lengths=[11, 3, 1, 7, 11], rev=True,
                     strategy="persistent-grid")
         with tb.tuning(block_h=16, nprog_h=4):
-            test_scan_matches_reference(case)
+            _check(case)
 
 
 @cuda_only
