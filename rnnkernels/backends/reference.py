@@ -199,7 +199,8 @@ def rnn_backward(grad_out, grad_hn, h0, w_hh, lengths, reverse, relu, out):
         act = sched.active[s][:, None]
         h_t = sched.gather(out, s).to(acc)
         dh_t = dh + sched.gather(grad_out, s).to(acc)
-        dpre = dh_t * (h_t > 0).to(acc) if relu else dh_t * (1 - h_t * h_t)
+        # relu': torch's threshold_backward zeroes where h <= 0 (so a NaN h passes dh on)
+        dpre = torch.where(h_t <= 0, 0.0, dh_t) if relu else dh_t * (1 - h_t * h_t)
         sched.scatter(dxp, s, dpre)
         dh = torch.where(act, dpre @ W, dh)
     return dxp, dh.to(dt)

@@ -20,7 +20,7 @@ Backward, from the *activated* values the forward saved (σ' = σ(1-σ), tanh' =
 * GRU:  dn = dh⊙(1-z)⊙(1-n²) (gradient of a_n + r⊙b_n); dz = dh⊙(h₋-n)⊙z(1-z);
   dr = dn⊙b_n⊙r(1-r); the recurrent GEMM sees dn⊙r for the n block;
   dh₋ (local part) = dh⊙z
-* RNN:  dpre = dh⊙(1-h²) (tanh) or dh⊙[h>0] (relu)
+* RNN:  dpre = dh⊙(1-h²) (tanh) or dh⊙[h>0] (relu: 0 only where h <= 0, so NaN passes)
 
 ``mma`` is the one place that decides how a recurrent tile product is computed (see its
 docstring): fp32 with ``input_precision="ieee"`` so float32 results match cuDNN/ATen with TF32 off,
@@ -118,16 +118,20 @@ def gru_cell_bwd(dh, r, z, n, b_n, h_prev):
 @triton.jit
 def rnn_cell_fwd(pre, RELU: tl.constexpr):
     if RELU:
-        return tl.maximum(pre, 0.0)
+        # torch's relu propagates NaN (a diverged model must not look healthy): NaN < 0 is
+        # false, so NaN passes; max(NaN, 0) may not.
+        return tl.where(pre < 0.0, 0.0, pre)
     else:
         return tanh(pre)
 
 
 @triton.jit
 def rnn_cell_bwd(dh, h, RELU: tl.constexpr):
-    """Gradient of the pre-activation from the output h (relu' = [h > 0], tanh' = 1-h²)."""
+    """Gradient of the pre-activation from the output h (relu' = [h > 0], tanh' = 1-h²).
+
+    relu': torch's threshold_backward zeroes where h <= 0, so at h = NaN the gradient passes."""
     if RELU:
-        return tl.where(h > 0.0, dh, 0.0)
+        return tl.where(h <= 0.0, 0.0, dh)
     else:
         return dh * (1.0 - h * h)
 
