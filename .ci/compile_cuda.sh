@@ -3,12 +3,14 @@
 #
 #   .ci/compile_cuda.sh            # from the repository root (or anywhere: paths are resolved)
 #
-# 1. every csrc/cuda/*.cu with the machine's nvcc (-c, sm_80 and sm_90), with the defines torch
-#    uses for extensions (no implicit half/bfloat16 conversions), so a kernel that only builds
-#    without them fails here;
-# 2. the torch bridge python/cuda_ops.cpp syntax-checked against torch's headers (when torch is
-#    importable), so the CUDA glue is checked on machines without a CUDA torch;
-# 3. CMake configure + build + ctest of csrc/ in a temporary build directory.
+# 1. CMake configure + build of csrc/ with the CUDA kernels on (RNNK_WITH_CUDA=ON): every
+#    csrc/cuda/*.cu with the machine's nvcc for sm_80 and sm_90, with the defines torch uses for
+#    extensions (no implicit half/bfloat16 conversions, set by CMakeLists.txt) and every nvcc and
+#    host-compiler warning an error, so a kernel that only builds without them fails here; the CPU
+#    kernels and the C++ tests alongside;
+# 2. ctest of csrc/ (CPU: nothing CUDA runs here);
+# 3. the torch bridge python/cuda_ops.cpp syntax-checked against torch's headers (when torch is
+#    importable), so the CUDA glue is checked on machines without a CUDA torch.
 # Exits non-zero on the first failure. NVCC, CXX, PYTHON and CMAKE may override the tools.
 set -euo pipefail
 
@@ -25,15 +27,14 @@ echo "== nvcc: $("$NVCC" --version | tail -1)"
 shopt -s nullglob
 cu_files=("$ROOT"/csrc/cuda/*.cu)
 [ ${#cu_files[@]} -gt 0 ] || { echo "no csrc/cuda/*.cu found" >&2; exit 1; }
-for f in "${cu_files[@]}"; do
-  echo "-- nvcc -c $(basename "$f") (sm_80, sm_90)"
-  "$NVCC" -c "$f" -o "$TMP/$(basename "$f").o" -std=c++17 -O3 \
-    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-    -I"$ROOT/csrc/include" -I"$ROOT/csrc" \
-    -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
-    -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \
-    -Werror all-warnings -Xcompiler -Wall
-done
+
+echo "== cmake (csrc, torch-free; CUDA kernels for sm_80, sm_90 with -Werror) + ctest"
+"$CMAKE" -S "$ROOT" -B "$TMP/build" -DCMAKE_BUILD_TYPE=Release -DRNNK_WITH_CUDA=ON \
+  -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="80;90" \
+  -DCMAKE_CUDA_FLAGS="-Werror all-warnings -Xcompiler -Wall" >"$TMP/cmake.log" 2>&1 || {
+  cat "$TMP/cmake.log"; exit 1; }
+"$CMAKE" --build "$TMP/build" -j "$(nproc)"
+(cd "$TMP/build" && ctest --output-on-failure)
 
 TORCH_INC=""
 if [ -n "$PYTHON" ]; then
@@ -65,10 +66,4 @@ if [ -n "$TORCH_INC" ]; then
 else
   echo "-- torch not importable: skipping the syntax check of python/cuda_ops.cpp"
 fi
-
-echo "== cmake + ctest (csrc, torch-free)"
-"$CMAKE" -S "$ROOT" -B "$TMP/build" -DCMAKE_BUILD_TYPE=Release >"$TMP/cmake.log" 2>&1 || {
-  cat "$TMP/cmake.log"; exit 1; }
-"$CMAKE" --build "$TMP/build" -j "$(nproc)"
-(cd "$TMP/build" && ctest --output-on-failure)
 echo "== compile_cuda.sh: OK"

@@ -19,7 +19,6 @@ namespace bridge {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-
 inline at::ScalarType acc_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -35,15 +34,7 @@ inline DType to_dtype(at::ScalarType t) {
   return DType::kFloat32;
 }
 
-inline const char* cell_name(Cell c) {
-  switch (c) {
-    case Cell::kLSTM: return "lstm";
-    case Cell::kGRU: return "gru";
-    default: return "rnn";
-  }
-}
-
-// Validates the inputs shared by a cell's forward and backward and fills the sizes of ScanArgs.
+// Validates an op's tensors, with messages that name the backend, the op and the argument.
 // `who` prefixes every message, e.g. "rnnkernels cpu backend: lstm_forward".
 struct Checker {
   std::string who;

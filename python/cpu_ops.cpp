@@ -4,46 +4,21 @@
 // own register-blocked GEMM on a packed W_hh with the cell update on the accumulators, one OpenMP
 // team for the whole sequence); larger ones run one GEMM per step through ATen into preallocated
 // buffers, followed by the fused pointwise kernel. The per-step GEMM is at::mm_out /
-// Tensor::addmm_, i.e. MKL on x86. Measured per call at B = 16..64, H = 256, 2 threads (Zen 3):
-// MKL h·Wᵀ from a contiguous Wᵀ 99-108 GFLOP/s, from the transposed view 87-96, oneDNN's linear
-// (mkldnn::_linear_pointwise, unpacked weight) 72-96, so MKL with a contiguous Wᵀ it is.
+// Tensor::addmm_, i.e. MKL on x86, with the forward's Wᵀ as a contiguous copy: of the per-step
+// GEMMs measured (MKL on a contiguous Wᵀ, MKL on the transposed view, oneDNN's linear on the
+// unpacked weight) it is the fastest, and the copy, once per call, costs less than one step. The
+// figures: bench/results/cpu-20261126/README.md.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <exception>
-
 #include "cpu/scan_cpu.h"
 #include "ops_impl.h"
+#include "step_gemm.h"
 
 namespace rnnk {
 namespace bridge {
 namespace {
-
-// The GEMMs of the step path (GemmOp in scan_params.h) on the scratch tensors. The forward uses
-// W_hhᵀ / W_hrᵀ made contiguous once per call: MKL runs h·Wᵀ ~10% faster from a [P, G·H] row-major
-// copy than from the transposed view (measured at B = 16..64, H = 256), and the copy costs less
-// than one step.
-struct CpuGemm {
-  Tensor h, gh, hh, hp, w_hh, w_hr;
-  std::exception_ptr error;
-
-  static bool call(void* ctx, GemmOp op) {
-    auto* g = static_cast<CpuGemm*>(ctx);
-    try {
-      switch (op) {
-        case GemmOp::kGates: at::mm_out(g->gh, g->h, g->w_hh); break;
-        case GemmOp::kProject: at::mm_out(g->hp, g->hh, g->w_hr); break;
-        case GemmOp::kRecurrent: g->h.addmm_(g->gh, g->w_hh); break;
-        case GemmOp::kProjectBack: at::mm_out(g->hh, g->hp, g->w_hr); break;
-      }
-      return true;
-    } catch (...) {
-      g->error = std::current_exception();
-      return false;
-    }
-  }
-};
 
 cpu::Path requested_path(const ScanArgs& a, bool backward) {
   const std::string& p = options().cpu_path;
@@ -53,12 +28,29 @@ cpu::Path requested_path(const ScanArgs& a, bool backward) {
                 "LSTM with projection; use 'auto' or 'gemm'");
     return cpu::Path::kFused;
   }
-  return cpu::choose_path(a, backward, at::get_num_threads());
+  return cpu::choose_path(a, backward);
 }
 
-void check(const Status& st, const char* fn, const CpuGemm* g = nullptr) {
-  if (g && g->error) std::rethrow_exception(g->error);
-  TORCH_CHECK(st.ok(), "rnnkernels cpu backend: ", fn, " failed: ", st.what);
+// The fused path's scratch (csrc/cpu/scan_cpu.h) and call.
+Status run_fused(const ScanArgs& a, const at::TensorOptions& acc, bool backward) {
+  const int64_t B = a.sched.B, H = a.H;
+  const int nthreads = cpu::fused_threads(a, at::get_num_threads());
+  if (backward) {
+    const Tensor dh = alloc({B, H}, acc), dc = alloc({B, H}, acc),
+                 dgates = alloc({2, B, gates_of(a.cell) * H}, acc);
+    BackwardScratch s;
+    s.dh = mptr(dh);
+    s.dc = mptr(dc);
+    s.dgates = mptr(dgates);
+    return cpu::backward_fused(a, s, nthreads);
+  }
+  const Tensor h = alloc({2, B, H}, acc), c = alloc({B, H}, acc),
+               pack = alloc({cpu::fused_pack_elems(a)}, acc);
+  ForwardScratch s;
+  s.h = mptr(h);
+  s.c = mptr(c);
+  s.pack = mptr(pack);
+  return cpu::forward_fused(a, s, nthreads);
 }
 
 struct CpuRunner {
@@ -72,68 +64,17 @@ struct CpuRunner {
                 " (float32, float64, bfloat16 and float16 are supported)");
   }
 
-  static void forward(const ScanArgs& a, const Weights& w, const at::TensorOptions& acc) {
-    const int64_t B = a.sched.B, H = a.H, P = a.P, GH = int64_t(a.gates_count()) * H;
-    StepScratch s;
-    if (requested_path(a, false) == cpu::Path::kFused) {
-      Tensor h = alloc({2, B, H}, acc), c = alloc({B, H}, acc),
-             pack = alloc({cpu::fused_pack_elems(a)}, acc);
-      s.h = mptr(h);
-      s.c = mptr(c);
-      s.pack = mptr(pack);
-      const int nt = cpu::fused_threads(a, at::get_num_threads());
-      check(cpu::forward_fused(a, s, nt), "forward (fused)");
+  static void run(const ScanArgs& a, const Weights& w, const at::TensorOptions& acc,
+                  bool backward) {
+    if (requested_path(a, backward) == cpu::Path::kFused) {
+      raise_if_failed(run_fused(a, acc, backward), "cpu",
+                      backward ? "backward (fused)" : "forward (fused)");
       return;
     }
-    CpuGemm g;
-    g.h = alloc({B, P}, acc);
-    g.gh = alloc({B, GH}, acc);
-    g.w_hh = w.w_hh.t().contiguous();
-    Tensor c = alloc({B, H}, acc);
-    if (w.w_hr.defined()) {
-      g.hh = alloc({B, H}, acc);
-      g.hp = alloc({B, P}, acc);
-      g.w_hr = w.w_hr.t().contiguous();
-    }
-    s.h = mptr(g.h);
-    s.c = mptr(c);
-    s.gh = mptr(g.gh);
-    s.hh = mptr(g.hh);
-    s.hp = mptr(g.hp);
-    const Status st = cpu::forward_gemm(a, s, GemmCallback{&g, &CpuGemm::call});
-    check(st, "forward", &g);
-  }
-
-  static void backward(const ScanArgs& a, const Weights& w, const at::TensorOptions& acc) {
-    const int64_t B = a.sched.B, H = a.H, P = a.P, GH = int64_t(a.gates_count()) * H;
-    StepScratch s;
-    if (requested_path(a, true) == cpu::Path::kFused) {
-      Tensor h = alloc({B, H}, acc), c = alloc({B, H}, acc),
-             gh = alloc({2, B, GH}, acc);
-      s.h = mptr(h);
-      s.c = mptr(c);
-      s.gh = mptr(gh);
-      const int nt = cpu::fused_threads(a, at::get_num_threads());
-      check(cpu::backward_fused(a, s, nt), "backward (fused)");
-      return;
-    }
-    CpuGemm g;
-    g.h = alloc({B, P}, acc);
-    g.gh = alloc({B, GH}, acc);
-    g.w_hh = w.w_hh;
-    Tensor c = alloc({B, H}, acc);
-    if (w.w_hr.defined()) {
-      g.hh = alloc({B, H}, acc);
-      g.hp = alloc({B, P}, acc);
-      g.w_hr = w.w_hr;
-    }
-    s.h = mptr(g.h);
-    s.c = mptr(c);
-    s.gh = mptr(g.gh);
-    s.hh = mptr(g.hh);
-    s.hp = mptr(g.hp);
-    const Status st = cpu::backward_gemm(a, s, GemmCallback{&g, &CpuGemm::call});
-    check(st, "backward", &g);
+    StepGemm g(a, w, acc, backward, /*copy_transposed=*/true);
+    const Status st = backward ? cpu::backward_gemm(a, g.backward_scratch(), g.callback())
+                               : cpu::forward_gemm(a, g.forward_scratch(), g.callback());
+    raise_if_failed(st, "cpu", backward ? "backward" : "forward", &g);
   }
 };
 

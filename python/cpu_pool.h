@@ -2,11 +2,10 @@
 //
 // Why: torch's CPU allocator hands every large tensor fresh pages from the OS (glibc serves big
 // blocks with mmap and unmaps them on free), so each [T, B, G·H] output pays one page fault per
-// 4 KiB at its first write. On this project's 2-core VM that measured ~0.5 ms per MB: a training
-// step of the LSTM at T=100, B=64, H=256 lost ~55 ms of ~220 to faults (the same step with
-// glibc's mmap and trim thresholds raised: ~165 ms). The ops' own outputs (out, gates, cs, dxp:
-// ~65 MB per LSTM layer step there) now come from blocks that were freed by earlier calls and
-// stayed mapped; only the first call of a size faults.
+// 4 KiB at its first write, a large part of a training step of a small model on the CPU (the
+// figures: bench/results/cpu-20261126/README.md). The ops' own outputs (out, gates, cs, dxp)
+// now come from blocks that were freed by earlier calls and stayed mapped; only the first call of
+// a size faults.
 //
 // Blocks of at least kMinBytes are pooled, up to a limit of cached (free) bytes, option
 // `cpu_pool_mb` (default 512; 0 turns pooling off and frees what is cached). A block is reused

@@ -1,19 +1,23 @@
 // python/ops_impl.h — the six backend functions of docs/BACKENDS.md as torch ops, written once
-// for both devices. Each validates its inputs (clear TORCH_CHECK messages that name the backend
-// and the argument), allocates the outputs, fills ScanArgs and hands over to the device's Runner:
+// for both devices and all cells. Each validates its inputs (clear TORCH_CHECK messages that name
+// the backend and the argument), allocates the outputs, fills ScanArgs and hands over to the
+// device's Runner:
 //
 //   struct Runner {
 //     static constexpr at::DeviceType device;  static const char* name();   // "cpu" | "cuda"
 //     static void check_dtype(const Checker&);                              // device's dtypes
-//     static void forward(const ScanArgs&, const Weights&, const at::TensorOptions& acc);
-//     static void backward(const ScanArgs&, const Weights&, const at::TensorOptions& acc);
+//     static void run(const ScanArgs&, const Weights&, const at::TensorOptions& acc,
+//                     bool backward);
 //   };
 //
-// Runner does the device part: scratch buffers, the per-step GEMM through ATen (cuBLAS / MKL /
-// oneDNN), or the fused kernel, and turns a failed Status into an error.
+// Runner does the device part: scratch buffers, the per-step GEMM through ATen (cuBLAS / MKL),
+// or the fused kernel, and turns a failed Status into an error. scan_forward / scan_backward do
+// the rest for every cell; the six ops only say which arguments their cell has.
 #pragma once
 
+#include <array>
 #include <tuple>
+#include <vector>
 
 #include "bridge.h"
 
@@ -27,36 +31,16 @@ struct Weights {
   Tensor w_hh_dt;
 };
 
+inline bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
+
 inline Weights acc_weights(const Tensor& w_hh, const OptTensor& w_hr, const OptTensor& b_hn) {
   const auto acc = acc_type(w_hh.scalar_type());
   Weights w;
   w.w_hh_dt = w_hh.contiguous();
   w.w_hh = w.w_hh_dt.to(acc);
-  if (w_hr.has_value() && w_hr->defined()) w.w_hr = w_hr->to(acc).contiguous();
-  if (b_hn.has_value() && b_hn->defined()) w.b_hn = b_hn->to(acc).contiguous();
+  if (given(w_hr)) w.w_hr = w_hr->to(acc).contiguous();
+  if (given(b_hn)) w.b_hn = b_hn->to(acc).contiguous();
   return w;
-}
-
-inline void set_weights(ScanArgs& a, const Weights& w) {
-  a.w_hh = ptr(w.w_hh);
-  a.w_hr = w.w_hr.defined() ? w.w_hr.data_ptr() : nullptr;
-  a.b_hn = w.b_hn.defined() ? w.b_hn.data_ptr() : nullptr;
-}
-
-template <class R>
-Checker checker(const char* fn, const Tensor& like) {
-  return Checker{std::string("rnnkernels ") + R::name() + " backend: " + fn, R::device,
-                 like.scalar_type()};
-}
-
-// Saved workspaces. The kernels write them at active steps only; with lengths, the rest is
-// zeroed so that the op's outputs are a function of its inputs (torch.library.opcheck compares
-// eager and traced runs; AOT autograd may recompute the op). Without lengths every element is
-// written, so no fill is paid.
-inline Tensor alloc_ws(bool save, at::IntArrayRef shape, const Tensor& lengths,
-                       const at::TensorOptions& acc) {
-  if (!save) return alloc({0}, acc);
-  return lengths.defined() ? pooled_empty(shape, acc).zero_() : alloc(shape, acc);
 }
 
 inline void check_3d(const Checker& ck, const Tensor& t, const char* name) {
@@ -66,268 +50,246 @@ inline void check_2d(const Checker& ck, const Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2, ck.who, ": ", name, " must be 2-D, got shape ", t.sizes());
 }
 
-inline ScanArgs base_args(Cell cell, at::ScalarType dt, int64_t T, int64_t B, int64_t H, int64_t P,
-                          const Tensor& lengths, bool reverse) {
+// One call of an op: the checks, the ScanArgs the kernels get, and the contiguous inputs kept
+// alive until they have run. Each method checks one group of arguments, in the order the
+// messages should come (the tensors as listed in the schema, then the lengths).
+template <class R>
+class Scan {
+ public:
+  Scan(const char* fn, Cell cell, const Tensor& like)
+      : ck{std::string("rnnkernels ") + R::name() + " backend: " + fn, R::device,
+           like.scalar_type()},
+        dt_(like.options()),
+        acc_(like.options().dtype(acc_type(like.scalar_type()))) {
+    R::check_dtype(ck);
+    a.cell = cell;
+    a.dtype = to_dtype(like.scalar_type());
+  }
+
+  void sizes(int64_t T, int64_t B, int64_t H, int64_t P) {
+    a.sched.T = T;
+    a.sched.B = B;
+    a.H = H;
+    a.P = P;
+  }
+
+  // An input in the storage dtype, for field `f` of ScanArgs. (`out` is a forward result that
+  // the backward reads, hence the second overload.)
+  void input(const void* ScanArgs::*f, const Tensor& t, const char* name, at::IntArrayRef shape) {
+    ck.tensor(t, name, shape);
+    a.*f = keep(t);
+  }
+  void input(void* ScanArgs::*f, const Tensor& t, const char* name, at::IntArrayRef shape) {
+    ck.tensor(t, name, shape);
+    a.*f = const_cast<void*>(keep(t));
+  }
+  // A workspace the forward saved, in the accumulation dtype.
+  void saved(void* ScanArgs::*f, const Tensor& t, const char* name, at::IntArrayRef shape) {
+    ck.workspace(t, name, shape);
+    a.*f = const_cast<void*>(keep(t));
+  }
+
+  // w_hh [G·H, P]; w_hr [P, H], without which P must be H (`p_from` names the tensor P was read
+  // from); b_hn [H]. The kernels get them in the accumulation dtype.
+  void weights(const Tensor& w_hh, const OptTensor& w_hr, const OptTensor& b_hn,
+               const char* p_from) {
+    ck.tensor(w_hh, "w_hh", {gates_of(a.cell) * a.H, a.P});
+    if (given(w_hr))
+      ck.tensor(*w_hr, "w_hr", {a.P, a.H});
+    else
+      TORCH_CHECK(a.P == a.H, ck.who, ": ", p_from, " has ", a.P,
+                  " features but the hidden size is ", a.H, " and there is no projection (w_hr)");
+    if (given(b_hn)) ck.tensor(*b_hn, "b_hn", {a.H});
+    w_ = acc_weights(w_hh, w_hr, b_hn);
+    a.w_hh = ptr(w_.w_hh);
+    a.w_hr = w_.w_hr.defined() ? w_.w_hr.data_ptr() : nullptr;
+    a.b_hn = w_.b_hn.defined() ? w_.b_hn.data_ptr() : nullptr;
+  }
+
+  void schedule(const OptTensor& lengths, bool reverse) {
+    lengths_ = ck.lengths(lengths, a.sched.T, a.sched.B);
+    a.sched.lengths = lengths_.defined() ? lengths_.data_ptr<int64_t>() : nullptr;
+    a.sched.reverse = reverse;
+  }
+
+  // An output of the storage dtype (or, `acc`, of the accumulation dtype), for field `f`.
+  Tensor output(void* ScanArgs::*f, at::IntArrayRef shape, bool acc = false) {
+    Tensor t = alloc(shape, acc ? acc_ : dt_);
+    a.*f = mptr(t);
+    return t;
+  }
+  // A workspace the forward saves for the backward; empty when not `save` (inference). The
+  // kernels write it at active steps only; with lengths, the rest is zeroed so that the op's
+  // outputs are a function of its inputs (torch.library.opcheck compares eager and traced runs;
+  // AOT autograd may recompute the op). Without lengths every element is written: no fill.
+  Tensor workspace(void* ScanArgs::*f, bool save, at::IntArrayRef shape) {
+    Tensor t = !save                ? alloc({0}, acc_)
+               : lengths_.defined() ? pooled_empty(shape, acc_).zero_()
+                                    : alloc(shape, acc_);
+    a.*f = mptr(t);
+    return t;
+  }
+
+  void run(bool backward) { R::run(a, w_, acc_, backward); }
+
+  const Checker ck;
   ScanArgs a;
-  a.cell = cell;
-  a.dtype = to_dtype(dt);
-  a.sched.T = T;
-  a.sched.B = B;
-  a.sched.lengths = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-  a.sched.reverse = reverse;
-  a.H = H;
-  a.P = P;
-  return a;
+
+ private:
+  const void* keep(const Tensor& t) {
+    kept_.push_back(t.contiguous());
+    return ptr(kept_.back());
+  }
+
+  at::TensorOptions dt_, acc_;
+  Weights w_;
+  Tensor lengths_;
+  std::vector<Tensor> kept_;
+};
+
+// The forward of any cell: c0 for the LSTM only (else null), w_hr for an LSTM with projection,
+// b_hn for a GRU with bias. Returns out, h_n, c_n, gates and the cell's [T, B, H] workspace
+// (LSTM cs, GRU hn_lin); what the cell does not have stays undefined.
+template <class R>
+std::array<Tensor, 5> scan_forward(const char* fn, Cell cell, const Tensor& xp, const Tensor& h0,
+                                   const Tensor* c0, const Tensor& w_hh, const OptTensor& w_hr,
+                                   const OptTensor& b_hn, const OptTensor& lengths, bool reverse,
+                                   bool save) {
+  Scan<R> sc(fn, cell, xp);
+  const bool lstm = cell == Cell::kLSTM;
+  const int64_t G = gates_of(cell);
+  check_3d(sc.ck, xp, "xp");
+  if (lstm) check_2d(sc.ck, h0, "h0");  // its width is the state size P
+  const int64_t T = xp.size(0), B = xp.size(1), GH = xp.size(2), H = GH / G;
+  TORCH_CHECK(GH % G == 0, sc.ck.who, ": xp's last dimension (", GH, ") must be ", G,
+              "*hidden_size");
+  sc.sizes(T, B, H, lstm ? h0.size(1) : H);
+  const int64_t P = sc.a.P;
+  sc.input(&ScanArgs::xp, xp, "xp", {T, B, GH});
+  sc.input(&ScanArgs::h0, h0, "h0", {B, P});
+  if (c0) sc.input(&ScanArgs::c0, *c0, "c0", {B, H});
+  sc.weights(w_hh, w_hr, b_hn, "h0");
+  sc.schedule(lengths, reverse);
+
+  std::array<Tensor, 5> r;
+  r[0] = sc.output(&ScanArgs::out, {T, B, P});
+  r[1] = sc.output(&ScanArgs::h_n, {B, P});
+  if (c0) r[2] = sc.output(&ScanArgs::c_n, {B, H});
+  if (G > 1) {  // the Elman RNN saves nothing: its derivative comes from `out`
+    r[3] = sc.workspace(&ScanArgs::gates, save, {T, B, GH});
+    r[4] = sc.workspace(lstm ? &ScanArgs::cs : &ScanArgs::hn_lin, save, {T, B, H});
+  }
+  sc.run(false);
+  return r;
 }
 
-// ------------------------------------------------------------------------------ forwards
+// The backward of any cell; grad_cn and c0 for the LSTM only, the saved `gates` and workspace
+// (named `ws_name`) for the cells that save them. Returns dxp, dh0, dc0 and the LSTM's dh_all
+// (empty without projection).
+template <class R>
+std::array<Tensor, 4> scan_backward(const char* fn, Cell cell, const Tensor& grad_out,
+                                    const Tensor& grad_hn, const Tensor* grad_cn,
+                                    const Tensor& h0, const Tensor* c0, const Tensor& w_hh,
+                                    const OptTensor& w_hr, const OptTensor& b_hn,
+                                    const OptTensor& lengths, bool reverse, const Tensor& out,
+                                    const Tensor* gates, const Tensor* ws, const char* ws_name) {
+  Scan<R> sc(fn, cell, h0);
+  const bool lstm = cell == Cell::kLSTM;
+  check_3d(sc.ck, out, "out");
+  if (lstm) {  // H is c0's width, P out's
+    check_2d(sc.ck, h0, "h0");
+    check_2d(sc.ck, *c0, "c0");
+  }
+  const int64_t T = out.size(0), B = out.size(1), P = out.size(2), H = lstm ? c0->size(1) : P,
+                GH = gates_of(cell) * H;
+  sc.sizes(T, B, H, P);
+  sc.input(&ScanArgs::out, out, "out", {T, B, P});
+  sc.input(&ScanArgs::grad_out, grad_out, "grad_out", {T, B, P});
+  sc.input(&ScanArgs::grad_hn, grad_hn, "grad_hn", {B, P});
+  if (grad_cn) sc.input(&ScanArgs::grad_cn, *grad_cn, "grad_cn", {B, H});
+  sc.input(&ScanArgs::h0, h0, "h0", {B, P});
+  if (c0) sc.input(&ScanArgs::c0, *c0, "c0", {B, H});
+  sc.weights(w_hh, w_hr, b_hn, "out");
+  if (gates) {
+    sc.saved(&ScanArgs::gates, *gates, "gates", {T, B, GH});
+    sc.saved(lstm ? &ScanArgs::cs : &ScanArgs::hn_lin, *ws, ws_name, {T, B, H});
+  }
+  sc.schedule(lengths, reverse);
+
+  std::array<Tensor, 4> r;
+  r[0] = sc.output(&ScanArgs::dxp, {T, B, GH});
+  r[1] = sc.output(&ScanArgs::dh0, {B, P});
+  if (lstm) {
+    r[2] = sc.output(&ScanArgs::dc0, {B, H});
+    r[3] = given(w_hr) ? sc.output(&ScanArgs::dh_all, {T, B, P}, true)
+                       : sc.output(&ScanArgs::dh_all, {0}, true);
+  }
+  sc.run(true);
+  return r;
+}
+
+// ------------------------------------------------------------- the six ops, by their schemas
 template <class R>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
-    const Tensor& xp_, const Tensor& h0_, const Tensor& c0_, const Tensor& w_hh_,
-    const OptTensor& w_hr_, const OptTensor& lengths_, bool reverse, bool save) {
-  const Checker ck = checker<R>("lstm_forward", xp_);
-  R::check_dtype(ck);
-  check_3d(ck, xp_, "xp");
-  check_2d(ck, h0_, "h0");
-  const int64_t T = xp_.size(0), B = xp_.size(1), GH = xp_.size(2);
-  TORCH_CHECK(GH % 4 == 0, ck.who, ": xp's last dimension (", GH, ") must be 4*hidden_size");
-  const int64_t H = GH / 4, P = h0_.size(1);
-  const bool proj = w_hr_.has_value() && w_hr_->defined();
-  ck.tensor(xp_, "xp", {T, B, GH});
-  ck.tensor(h0_, "h0", {B, P});
-  ck.tensor(c0_, "c0", {B, H});
-  ck.tensor(w_hh_, "w_hh", {GH, P});
-  if (proj)
-    ck.tensor(*w_hr_, "w_hr", {P, H});
-  else
-    TORCH_CHECK(P == H, ck.who, ": h0 has ", P, " features but the hidden size is ", H,
-                " and there is no projection (w_hr)");
-  const Tensor lengths = ck.lengths(lengths_, T, B);
-  const Tensor xp = xp_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
-  const Weights w = acc_weights(w_hh_, w_hr_, std::nullopt);
-  const auto acc = xp.options().dtype(acc_type(xp.scalar_type()));
-
-  Tensor out = alloc({T, B, P}, xp.options());
-  Tensor h_n = alloc({B, P}, xp.options());
-  Tensor c_n = alloc({B, H}, xp.options());
-  Tensor gates = alloc_ws(save, {T, B, GH}, lengths, acc);
-  Tensor cs = alloc_ws(save, {T, B, H}, lengths, acc);
-
-  ScanArgs a = base_args(Cell::kLSTM, xp.scalar_type(), T, B, H, P, lengths, reverse);
-  set_weights(a, w);
-  a.xp = ptr(xp);
-  a.h0 = ptr(h0);
-  a.c0 = ptr(c0);
-  a.out = mptr(out);
-  a.h_n = mptr(h_n);
-  a.c_n = mptr(c_n);
-  a.gates = mptr(gates);
-  a.aux = mptr(cs);
-  R::forward(a, w, acc);
-  return {out, h_n, c_n, gates, cs};
+    const Tensor& xp, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+    const OptTensor& w_hr, const OptTensor& lengths, bool reverse, bool save) {
+  const auto r = scan_forward<R>("lstm_forward", Cell::kLSTM, xp, h0, &c0, w_hh, w_hr,
+                                 std::nullopt, lengths, reverse, save);
+  return {r[0], r[1], r[2], r[3], r[4]};
 }
 
 template <class R>
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xp_, const Tensor& h0_,
-                                                       const Tensor& w_hh_, const OptTensor& b_hn_,
-                                                       const OptTensor& lengths_, bool reverse,
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h0,
+                                                       const Tensor& w_hh, const OptTensor& b_hn,
+                                                       const OptTensor& lengths, bool reverse,
                                                        bool save) {
-  const Checker ck = checker<R>("gru_forward", xp_);
-  R::check_dtype(ck);
-  check_3d(ck, xp_, "xp");
-  const int64_t T = xp_.size(0), B = xp_.size(1), GH = xp_.size(2);
-  TORCH_CHECK(GH % 3 == 0, ck.who, ": xp's last dimension (", GH, ") must be 3*hidden_size");
-  const int64_t H = GH / 3;
-  ck.tensor(xp_, "xp", {T, B, GH});
-  ck.tensor(h0_, "h0", {B, H});
-  ck.tensor(w_hh_, "w_hh", {GH, H});
-  if (b_hn_.has_value() && b_hn_->defined()) ck.tensor(*b_hn_, "b_hn", {H});
-  const Tensor lengths = ck.lengths(lengths_, T, B);
-  const Tensor xp = xp_.contiguous(), h0 = h0_.contiguous();
-  const Weights w = acc_weights(w_hh_, std::nullopt, b_hn_);
-  const auto acc = xp.options().dtype(acc_type(xp.scalar_type()));
-
-  Tensor out = alloc({T, B, H}, xp.options());
-  Tensor h_n = alloc({B, H}, xp.options());
-  Tensor gates = alloc_ws(save, {T, B, GH}, lengths, acc);
-  Tensor hn_lin = alloc_ws(save, {T, B, H}, lengths, acc);
-
-  ScanArgs a = base_args(Cell::kGRU, xp.scalar_type(), T, B, H, H, lengths, reverse);
-  set_weights(a, w);
-  a.xp = ptr(xp);
-  a.h0 = ptr(h0);
-  a.out = mptr(out);
-  a.h_n = mptr(h_n);
-  a.gates = mptr(gates);
-  a.aux = mptr(hn_lin);
-  R::forward(a, w, acc);
-  return {out, h_n, gates, hn_lin};
+  const auto r = scan_forward<R>("gru_forward", Cell::kGRU, xp, h0, nullptr, w_hh, std::nullopt,
+                                 b_hn, lengths, reverse, save);
+  return {r[0], r[1], r[3], r[4]};
 }
 
 template <class R>
-std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp_, const Tensor& h0_, const Tensor& w_hh_,
-                                       const OptTensor& lengths_, bool reverse, bool relu,
+std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh,
+                                       const OptTensor& lengths, bool reverse, bool relu,
                                        bool save) {
-  (void)save;  // the Elman RNN saves nothing: its derivative comes from `out`
-  const Checker ck = checker<R>("rnn_forward", xp_);
-  R::check_dtype(ck);
-  check_3d(ck, xp_, "xp");
-  const int64_t T = xp_.size(0), B = xp_.size(1), H = xp_.size(2);
-  ck.tensor(xp_, "xp", {T, B, H});
-  ck.tensor(h0_, "h0", {B, H});
-  ck.tensor(w_hh_, "w_hh", {H, H});
-  const Tensor lengths = ck.lengths(lengths_, T, B);
-  const Tensor xp = xp_.contiguous(), h0 = h0_.contiguous();
-  const Weights w = acc_weights(w_hh_, std::nullopt, std::nullopt);
-  const auto acc = xp.options().dtype(acc_type(xp.scalar_type()));
-
-  Tensor out = alloc({T, B, H}, xp.options());
-  Tensor h_n = alloc({B, H}, xp.options());
-
-  ScanArgs a = base_args(relu ? Cell::kRNNReLU : Cell::kRNNTanh, xp.scalar_type(), T, B, H, H,
-                         lengths, reverse);
-  set_weights(a, w);
-  a.xp = ptr(xp);
-  a.h0 = ptr(h0);
-  a.out = mptr(out);
-  a.h_n = mptr(h_n);
-  R::forward(a, w, acc);
-  return {out, h_n};
+  const auto r = scan_forward<R>("rnn_forward", relu ? Cell::kRNNReLU : Cell::kRNNTanh, xp, h0,
+                                 nullptr, w_hh, std::nullopt, std::nullopt, lengths, reverse,
+                                 save);
+  return {r[0], r[1]};
 }
 
-// ----------------------------------------------------------------------------- backwards
 template <class R>
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(
-    const Tensor& grad_out_, const Tensor& grad_hn_, const Tensor& grad_cn_, const Tensor& h0_,
-    const Tensor& c0_, const Tensor& w_hh_, const OptTensor& w_hr_, const OptTensor& lengths_,
-    bool reverse, const Tensor& out_, const Tensor& gates_, const Tensor& cs_) {
-  const Checker ck = checker<R>("lstm_backward", h0_);
-  R::check_dtype(ck);
-  check_3d(ck, out_, "out");
-  check_2d(ck, h0_, "h0");
-  check_2d(ck, c0_, "c0");
-  const int64_t T = out_.size(0), B = out_.size(1), P = out_.size(2), H = c0_.size(1),
-                GH = 4 * H;
-  const bool proj = w_hr_.has_value() && w_hr_->defined();
-  ck.tensor(out_, "out", {T, B, P});
-  ck.tensor(grad_out_, "grad_out", {T, B, P});
-  ck.tensor(grad_hn_, "grad_hn", {B, P});
-  ck.tensor(grad_cn_, "grad_cn", {B, H});
-  ck.tensor(h0_, "h0", {B, P});
-  ck.tensor(c0_, "c0", {B, H});
-  ck.tensor(w_hh_, "w_hh", {GH, P});
-  if (proj)
-    ck.tensor(*w_hr_, "w_hr", {P, H});
-  else
-    TORCH_CHECK(P == H, ck.who, ": out has ", P, " features but the hidden size is ", H,
-                " and there is no projection (w_hr)");
-  ck.workspace(gates_, "gates", {T, B, GH});
-  ck.workspace(cs_, "cs", {T, B, H});
-  const Tensor lengths = ck.lengths(lengths_, T, B);
-  const Tensor gout = grad_out_.contiguous(), ghn = grad_hn_.contiguous(),
-               gcn = grad_cn_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous(),
-               out = out_.contiguous(), gates = gates_.contiguous(), cs = cs_.contiguous();
-  const Weights w = acc_weights(w_hh_, w_hr_, std::nullopt);
-  const auto acc = h0.options().dtype(acc_type(h0.scalar_type()));
-
-  Tensor dxp = alloc({T, B, GH}, h0.options());
-  Tensor dh0 = alloc({B, P}, h0.options());
-  Tensor dc0 = alloc({B, H}, h0.options());
-  Tensor dh_all = proj ? alloc({T, B, P}, acc) : alloc({0}, acc);
-
-  ScanArgs a = base_args(Cell::kLSTM, h0.scalar_type(), T, B, H, P, lengths, reverse);
-  set_weights(a, w);
-  a.h0 = ptr(h0);
-  a.c0 = ptr(c0);
-  a.out = const_cast<void*>(ptr(out));
-  a.gates = const_cast<void*>(ptr(gates));
-  a.aux = const_cast<void*>(ptr(cs));
-  a.grad_out = ptr(gout);
-  a.grad_hn = ptr(ghn);
-  a.grad_cn = ptr(gcn);
-  a.dxp = mptr(dxp);
-  a.dh0 = mptr(dh0);
-  a.dc0 = mptr(dc0);
-  a.dh_all = mptr(dh_all);
-  R::backward(a, w, acc);
-  return {dxp, dh0, dc0, dh_all};
+    const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& h0,
+    const Tensor& c0, const Tensor& w_hh, const OptTensor& w_hr, const OptTensor& lengths,
+    bool reverse, const Tensor& out, const Tensor& gates, const Tensor& cs) {
+  const auto r = scan_backward<R>("lstm_backward", Cell::kLSTM, grad_out, grad_hn, &grad_cn, h0,
+                                  &c0, w_hh, w_hr, std::nullopt, lengths, reverse, out, &gates,
+                                  &cs, "cs");
+  return {r[0], r[1], r[2], r[3]};
 }
 
 template <class R>
-std::tuple<Tensor, Tensor> gru_backward(const Tensor& grad_out_, const Tensor& grad_hn_,
-                                        const Tensor& h0_, const Tensor& w_hh_,
-                                        const OptTensor& b_hn_, const OptTensor& lengths_,
-                                        bool reverse, const Tensor& out_, const Tensor& gates_,
-                                        const Tensor& hn_lin_) {
-  const Checker ck = checker<R>("gru_backward", h0_);
-  R::check_dtype(ck);
-  check_3d(ck, out_, "out");
-  const int64_t T = out_.size(0), B = out_.size(1), H = out_.size(2), GH = 3 * H;
-  ck.tensor(out_, "out", {T, B, H});
-  ck.tensor(grad_out_, "grad_out", {T, B, H});
-  ck.tensor(grad_hn_, "grad_hn", {B, H});
-  ck.tensor(h0_, "h0", {B, H});
-  ck.tensor(w_hh_, "w_hh", {GH, H});
-  if (b_hn_.has_value() && b_hn_->defined()) ck.tensor(*b_hn_, "b_hn", {H});
-  ck.workspace(gates_, "gates", {T, B, GH});
-  ck.workspace(hn_lin_, "hn_lin", {T, B, H});
-  const Tensor lengths = ck.lengths(lengths_, T, B);
-  const Tensor gout = grad_out_.contiguous(), ghn = grad_hn_.contiguous(), h0 = h0_.contiguous(),
-               out = out_.contiguous(), gates = gates_.contiguous(), hn = hn_lin_.contiguous();
-  const Weights w = acc_weights(w_hh_, std::nullopt, b_hn_);
-  const auto acc = h0.options().dtype(acc_type(h0.scalar_type()));
-
-  Tensor dxp = alloc({T, B, GH}, h0.options());
-  Tensor dh0 = alloc({B, H}, h0.options());
-
-  ScanArgs a = base_args(Cell::kGRU, h0.scalar_type(), T, B, H, H, lengths, reverse);
-  set_weights(a, w);
-  a.h0 = ptr(h0);
-  a.out = const_cast<void*>(ptr(out));
-  a.gates = const_cast<void*>(ptr(gates));
-  a.aux = const_cast<void*>(ptr(hn));
-  a.grad_out = ptr(gout);
-  a.grad_hn = ptr(ghn);
-  a.dxp = mptr(dxp);
-  a.dh0 = mptr(dh0);
-  R::backward(a, w, acc);
-  return {dxp, dh0};
+std::tuple<Tensor, Tensor> gru_backward(const Tensor& grad_out, const Tensor& grad_hn,
+                                        const Tensor& h0, const Tensor& w_hh,
+                                        const OptTensor& b_hn, const OptTensor& lengths,
+                                        bool reverse, const Tensor& out, const Tensor& gates,
+                                        const Tensor& hn_lin) {
+  const auto r = scan_backward<R>("gru_backward", Cell::kGRU, grad_out, grad_hn, nullptr, h0,
+                                  nullptr, w_hh, std::nullopt, b_hn, lengths, reverse, out,
+                                  &gates, &hn_lin, "hn_lin");
+  return {r[0], r[1]};
 }
 
 template <class R>
-std::tuple<Tensor, Tensor> rnn_backward(const Tensor& grad_out_, const Tensor& grad_hn_,
-                                        const Tensor& h0_, const Tensor& w_hh_,
-                                        const OptTensor& lengths_, bool reverse, bool relu,
-                                        const Tensor& out_) {
-  const Checker ck = checker<R>("rnn_backward", h0_);
-  R::check_dtype(ck);
-  check_3d(ck, out_, "out");
-  const int64_t T = out_.size(0), B = out_.size(1), H = out_.size(2);
-  ck.tensor(out_, "out", {T, B, H});
-  ck.tensor(grad_out_, "grad_out", {T, B, H});
-  ck.tensor(grad_hn_, "grad_hn", {B, H});
-  ck.tensor(h0_, "h0", {B, H});
-  ck.tensor(w_hh_, "w_hh", {H, H});
-  const Tensor lengths = ck.lengths(lengths_, T, B);
-  const Tensor gout = grad_out_.contiguous(), ghn = grad_hn_.contiguous(), h0 = h0_.contiguous(),
-               out = out_.contiguous();
-  const Weights w = acc_weights(w_hh_, std::nullopt, std::nullopt);
-  const auto acc = h0.options().dtype(acc_type(h0.scalar_type()));
-
-  Tensor dxp = alloc({T, B, H}, h0.options());
-  Tensor dh0 = alloc({B, H}, h0.options());
-
-  ScanArgs a = base_args(relu ? Cell::kRNNReLU : Cell::kRNNTanh, h0.scalar_type(), T, B, H, H,
-                         lengths, reverse);
-  set_weights(a, w);
-  a.h0 = ptr(h0);
-  a.out = const_cast<void*>(ptr(out));
-  a.grad_out = ptr(gout);
-  a.grad_hn = ptr(ghn);
-  a.dxp = mptr(dxp);
-  a.dh0 = mptr(dh0);
-  R::backward(a, w, acc);
-  return {dxp, dh0};
+std::tuple<Tensor, Tensor> rnn_backward(const Tensor& grad_out, const Tensor& grad_hn,
+                                        const Tensor& h0, const Tensor& w_hh,
+                                        const OptTensor& lengths, bool reverse, bool relu,
+                                        const Tensor& out) {
+  const auto r = scan_backward<R>("rnn_backward", relu ? Cell::kRNNReLU : Cell::kRNNTanh,
+                                  grad_out, grad_hn, nullptr, h0, nullptr, w_hh, std::nullopt,
+                                  std::nullopt, lengths, reverse, out, nullptr, nullptr, "");
+  return {r[0], r[1]};
 }
 
 // Registers the six functions for a device inside TORCH_LIBRARY_IMPL(rnnkernels_C, <Key>, m).

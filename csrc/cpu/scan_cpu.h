@@ -3,11 +3,11 @@
 // All functions take raw pointers through ScanArgs (scan_params.h) and return a Status; none
 // allocates tensors. The caller (python/cpu_ops.cpp) allocates outputs and scratch:
 //
-//   GEMM path   forward_gemm / backward_gemm: StepScratch as documented in scan_params.h, and a
-//               GemmCallback that runs the four GEMMs of GemmOp on those buffers.
+//   GEMM path   forward_gemm / backward_gemm: ForwardScratch / BackwardScratch as documented in
+//               scan_params.h, and a GemmCallback that runs the GEMMs of GemmOp on those buffers.
 //   fused path  forward_fused: h = [2, B, H] (double buffer), c = [B, H],
 //               pack = fused_pack_elems(a) elements (W_hh repacked in panels, per call);
-//               backward_fused: h = [B, H] (∂L/∂h), c = [B, H] (∂L/∂c), gh = [2, B, G·H].
+//               backward_fused: dh = [B, H], dc = [B, H], dgates = [2, B, G·H] (double buffer).
 //               No projection (P must equal H). `nthreads` from fused_threads().
 #pragma once
 
@@ -18,21 +18,21 @@ namespace cpu {
 
 enum class Path : int32_t { kAuto = 0, kGemm = 1, kFused = 2 };
 
-Status forward_gemm(const ScanArgs& a, const StepScratch& w, const GemmCallback& gemm);
-Status backward_gemm(const ScanArgs& a, const StepScratch& w, const GemmCallback& gemm);
-Status forward_fused(const ScanArgs& a, const StepScratch& w, int nthreads);
-Status backward_fused(const ScanArgs& a, const StepScratch& w, int nthreads);
+Status forward_gemm(const ScanArgs& a, const ForwardScratch& w, const GemmCallback& gemm);
+Status backward_gemm(const ScanArgs& a, const BackwardScratch& w, const GemmCallback& gemm);
+Status forward_fused(const ScanArgs& a, const ForwardScratch& w, int nthreads);
+Status backward_fused(const ScanArgs& a, const BackwardScratch& w, int nthreads);
 
 // Threads the fused path should use for this case, given the threads available.
 int fused_threads(const ScanArgs& a, int max_threads);
-// Size (accumulation-type elements) of StepScratch::pack for forward_fused.
+// Size (accumulation-type elements) of ForwardScratch::pack for forward_fused.
 int64_t fused_pack_elems(const ScanArgs& a);
 // Whether the fused path can run the case (no projection).
 bool fused_supported(const ScanArgs& a);
 // The path `auto` takes for the forward or the backward: fused for small batches (where the
 // library GEMM, called per step, is slower than the fused kernel's own dot products), GEMM
-// otherwise. Thresholds measured on the development machine, see scan_dispatch.cpp.
-Path choose_path(const ScanArgs& a, bool backward, int max_threads);
+// otherwise. The thresholds are measured crossovers, see scan_dispatch.cpp.
+Path choose_path(const ScanArgs& a, bool backward);
 
 // The instruction set the kernels run with: "avx2" or "generic". set_isa("auto" | "avx2" |
 // "generic") overrides the run-time detection (false if that build is not available); the

@@ -9,10 +9,10 @@ namespace cpu {
 
 #define RNNK_DECLARE_ISA(ns)                                                                  \
   namespace ns {                                                                              \
-  Status forward_gemm(const ScanArgs& a, const StepScratch& w, const GemmCallback& gemm);     \
-  Status backward_gemm(const ScanArgs& a, const StepScratch& w, const GemmCallback& gemm);    \
-  Status forward_fused(const ScanArgs& a, const StepScratch& w, int nthreads);                \
-  Status backward_fused(const ScanArgs& a, const StepScratch& w, int nthreads);               \
+  Status forward_gemm(const ScanArgs& a, const ForwardScratch& w, const GemmCallback& gemm);  \
+  Status backward_gemm(const ScanArgs& a, const BackwardScratch& w, const GemmCallback& gemm); \
+  Status forward_fused(const ScanArgs& a, const ForwardScratch& w, int nthreads);             \
+  Status backward_fused(const ScanArgs& a, const BackwardScratch& w, int nthreads);           \
   int fused_threads(const ScanArgs& a, int max_threads);                                      \
   int64_t fused_pack_elems(const ScanArgs& a);                                                \
   }
@@ -74,16 +74,16 @@ bool set_isa(const char* name) {
 #define RNNK_CALL(fn, ...) generic::fn(__VA_ARGS__)
 #endif
 
-Status forward_gemm(const ScanArgs& a, const StepScratch& w, const GemmCallback& gemm) {
+Status forward_gemm(const ScanArgs& a, const ForwardScratch& w, const GemmCallback& gemm) {
   return RNNK_CALL(forward_gemm, a, w, gemm);
 }
-Status backward_gemm(const ScanArgs& a, const StepScratch& w, const GemmCallback& gemm) {
+Status backward_gemm(const ScanArgs& a, const BackwardScratch& w, const GemmCallback& gemm) {
   return RNNK_CALL(backward_gemm, a, w, gemm);
 }
-Status forward_fused(const ScanArgs& a, const StepScratch& w, int nthreads) {
+Status forward_fused(const ScanArgs& a, const ForwardScratch& w, int nthreads) {
   return RNNK_CALL(forward_fused, a, w, nthreads);
 }
-Status backward_fused(const ScanArgs& a, const StepScratch& w, int nthreads) {
+Status backward_fused(const ScanArgs& a, const BackwardScratch& w, int nthreads) {
   return RNNK_CALL(backward_fused, a, w, nthreads);
 }
 int fused_threads(const ScanArgs& a, int max_threads) {
@@ -94,16 +94,12 @@ int64_t fused_pack_elems(const ScanArgs& a) { return RNNK_CALL(fused_pack_elems,
 
 bool fused_supported(const ScanArgs& a) { return a.w_hr == nullptr && a.P == a.H; }
 
-Path choose_path(const ScanArgs& a, bool backward, int max_threads) {
-  (void)max_threads;
+Path choose_path(const ScanArgs& a, bool backward) {
   if (!fused_supported(a)) return Path::kGemm;
-  // Crossovers measured with 2 threads, H = 256, fp32, T = 100 on this project's AVX2 machine
-  // (AMD EPYC, 2 cores) against MKL called through ATen, interleaved runs, medians:
-  // forward: the fused kernel (register-blocked GEMM on packed W_hh, cell update on the
-  // accumulators) wins up to B = 256 for the LSTM (114 vs 147 ms at 256, 38 vs 62 at 64), up to
-  // B = 128 for the Elman RNN, and for the GRU until B = 96 (equal at 96-128, MKL ahead at 256);
-  // backward: the fused kernel (column axpy tiles, no packing) wins up to B = 16-24 and ties at
-  // 32; past that MKL's cache-blocked GEMM is ahead (33 vs 39 ms for the LSTM at 64).
+  // The largest batch at which the fused kernel still beats MKL's per-step GEMM, per direction
+  // and cell: the forward's packed register tiles hold out far longer than the backward's column
+  // tiles, which MKL's cache-blocked GEMM overtakes early. The crossovers were measured on the
+  // project's 2-core AVX2 machine; the figures are in bench/results/cpu-20261126/README.md.
   int64_t max_batch = 32;
   if (!backward)
     max_batch = a.cell == Cell::kLSTM ? 256 : (a.cell == Cell::kGRU ? 96 : 128);

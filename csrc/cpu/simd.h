@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "rnnkernels/cell_math.h"
 
@@ -82,94 +83,64 @@ RNNK_INLINE double to_acc(double v) { return v; }
 RNNK_INLINE float from_acc(float v, float*) { return v; }
 RNNK_INLINE double from_acc(double v, double*) { return v; }
 
-// Accumulation type of a storage type.
+// Accumulation type of a storage type: double for double, float for the rest.
 template <class S>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
+using acc_of = std::conditional_t<std::is_same_v<S, double>, double, float>;
 
 template <class S>
-RNNK_INLINE S store_cast(typename AccOf<S>::type v) {
+RNNK_INLINE S store_cast(acc_of<S> v) {
   return from_acc(v, static_cast<S*>(nullptr));
 }
 
 // ---------------------------------------------------------------------------- vector types
+// A vector of the accumulation type A (float or double): 32 bytes, L lanes.
 template <class A>
-struct Vec;
-template <>
-struct Vec<float> {
-  typedef float type __attribute__((vector_size(32)));
-  typedef int32_t itype __attribute__((vector_size(32)));
-  static constexpr int L = 8;
-};
-template <>
-struct Vec<double> {
-  typedef double type __attribute__((vector_size(32)));
-  typedef int64_t itype __attribute__((vector_size(32)));
-  static constexpr int L = 4;
+struct Vec {
+  static_assert(std::is_same_v<A, float> || std::is_same_v<A, double>, "float or double");
+  typedef A type __attribute__((vector_size(32)));
+  // The same, unaligned and aliasing-safe: the form GCC keeps in registers and folds into FMA
+  // memory operands (a memcpy into an array of vectors is not).
+  typedef A unaligned __attribute__((vector_size(32), aligned(sizeof(A)), may_alias));
+  static constexpr int L = 32 / int(sizeof(A));
 };
 using v8f = Vec<float>::type;
-using v8i = Vec<float>::itype;
 using v4d = Vec<double>::type;
+typedef int32_t v8i __attribute__((vector_size(32)));
 
-// Unaligned, aliasing-safe full-vector load/store of the accumulation type (the form GCC keeps in
-// registers and folds into FMA memory operands; a memcpy into an array of vectors is not).
+// Loads and stores. vload(p) / vstore(p, v): a full vector of p's own type (the accumulation
+// type). vload(p, n) / vstore(p, v, n): the first n ≤ L lanes, converted from / rounded to the
+// storage type S of p (a missing lane loads as 0).
 template <class A>
-struct VecU;
-template <>
-struct VecU<float> {
-  typedef float type __attribute__((vector_size(32), aligned(4), may_alias));
-};
-template <>
-struct VecU<double> {
-  typedef double type __attribute__((vector_size(32), aligned(8), may_alias));
-};
-template <class A>
-RNNK_INLINE typename Vec<A>::type vld(const A* p) {
-  return *reinterpret_cast<const typename VecU<A>::type*>(p);
+RNNK_INLINE typename Vec<A>::type vload(const A* p) {
+  return *reinterpret_cast<const typename Vec<A>::unaligned*>(p);
 }
 template <class A>
-RNNK_INLINE void vst(A* p, typename Vec<A>::type v) {
-  *reinterpret_cast<typename VecU<A>::type*>(p) = v;
+RNNK_INLINE void vstore(A* p, typename Vec<A>::type v) {
+  *reinterpret_cast<typename Vec<A>::unaligned*>(p) = v;
 }
 
 template <class V>
 RNNK_INLINE V vzero() {
   return V{};
 }
-template <class V>
-struct VecElem;
-template <>
-struct VecElem<v8f> {
-  using type = float;
-};
-template <>
-struct VecElem<v4d> {
-  using type = double;
-};
 
 // Broadcast. (Not `V{} + a`: without -ffast-math 0 + a cannot be folded, it would cost an add.)
-template <class V>
-RNNK_INLINE V vsplat(typename VecElem<V>::type a) {
-  if constexpr (sizeof(V) / sizeof(a) == 8)
-    return V{a, a, a, a, a, a, a, a};
+template <class A>
+RNNK_INLINE typename Vec<A>::type vsplat(A a) {
+  if constexpr (Vec<A>::L == 8)
+    return typename Vec<A>::type{a, a, a, a, a, a, a, a};
   else
-    return V{a, a, a, a};
+    return typename Vec<A>::type{a, a, a, a};
 }
 
-// Load n ≤ L lanes of storage type S as the accumulation vector (missing lanes are 0).
 template <class S>
-RNNK_INLINE typename Vec<typename AccOf<S>::type>::type vload(const S* p, int n) {
-  using A = typename AccOf<S>::type;
+RNNK_INLINE typename Vec<acc_of<S>>::type vload(const S* p, int n) {
+  using A = acc_of<S>;
   using V = typename Vec<A>::type;
   constexpr int L = Vec<A>::L;
   V v;
   if (sizeof(S) == sizeof(A) && n == L)  // same type (float/double): a plain unaligned load
-    return vld(reinterpret_cast<const A*>(p));
+    return vload(reinterpret_cast<const A*>(p));
   A tmp[L];
 #pragma omp simd
   for (int l = 0; l < L; ++l) tmp[l] = l < n ? to_acc(p[l]) : A(0);
@@ -177,13 +148,12 @@ RNNK_INLINE typename Vec<typename AccOf<S>::type>::type vload(const S* p, int n)
   return v;
 }
 
-// Store the first n ≤ L lanes, converted to the storage type S.
 template <class S>
-RNNK_INLINE void vstore(S* p, typename Vec<typename AccOf<S>::type>::type v, int n) {
-  using A = typename AccOf<S>::type;
+RNNK_INLINE void vstore(S* p, typename Vec<acc_of<S>>::type v, int n) {
+  using A = acc_of<S>;
   constexpr int L = Vec<A>::L;
   if (sizeof(S) == sizeof(A) && n == L) {
-    vst(reinterpret_cast<A*>(p), v);
+    vstore(reinterpret_cast<A*>(p), v);
     return;
   }
   A tmp[L];
@@ -196,17 +166,6 @@ RNNK_INLINE void vstore(S* p, typename Vec<typename AccOf<S>::type>::type v, int
   }
 }
 
-// Sum of the lanes.
-RNNK_INLINE float hsum(v8f v) {
-  typedef float v4f __attribute__((vector_size(16)));
-  v4f lo, hi;
-  std::memcpy(&lo, &v, 16);
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 16, 16);
-  v4f s = lo + hi;
-  return (s[0] + s[2]) + (s[1] + s[3]);
-}
-RNNK_INLINE double hsum(v4d v) { return (v[0] + v[2]) + (v[1] + v[3]); }
-
 // ------------------------------------------------------------------ vectorised activations
 // float: exp by range reduction x = n·ln2 + r, |r| ≤ ln2/2, a degree-7 Taylor polynomial of e^r
 // (truncation error 5e-9, so the result is within ~2 ulp) and 2^n built in the exponent bits.
@@ -216,15 +175,18 @@ RNNK_INLINE double hsum(v4d v) { return (v[0] + v[2]) + (v[1] + v[3]); }
 struct VecMathF {
   using V = v8f;
 
-  static RNNK_INLINE V exp(V x) {
-    // Clamp so that n ∈ [-126, 127]: no overflow to inf, no denormal scale factor.
-    x = x < -87.33654f ? vsplat<V>(-87.33654f) : x;
-    x = x > 88.37626f ? vsplat<V>(88.37626f) : x;
+  static RNNK_INLINE V exp(V in) {
+    // Clamp so that n ∈ [-126, 127]: no overflow in the exponent bits, no denormal scale factor.
+    // The limits themselves are restored at the end: e^x = +inf beyond ln(FLT_MAX) and 0 below
+    // the smallest denormal, so σ(±inf) is exactly 1 / 0 as in torch (an inf input then gives
+    // torch's NaN gradients, not ±inf). NaN fails every comparison and propagates.
+    V x = in < -87.33654f ? vsplat(-87.33654f) : in;
+    x = x > 88.37626f ? vsplat(88.37626f) : x;
     const float magic = 12582912.0f;  // 1.5·2^23: adding it rounds to the nearest integer
     V n = (x * 1.44269504088896341f + magic) - magic;
     V r = x - n * 0.693145751953125f;   // ln2 split in two (Cody–Waite) so that n·ln2_hi is exact
     r = r - n * 1.428606765330187e-06f;
-    V p = vsplat<V>(1.9841270e-4f);     // 1/7!
+    V p = vsplat(1.9841270e-4f);        // 1/7!
     p = p * r + 1.3888889e-3f;          // 1/6!
     p = p * r + 8.3333333e-3f;          // 1/5!
     p = p * r + 4.1666667e-2f;          // 1/4!
@@ -235,7 +197,9 @@ struct VecMathF {
     const v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;
     V scale;
     std::memcpy(&scale, &e, sizeof(V));
-    return p * scale;
+    const V y = p * scale;
+    const V high = in > 88.72284f ? vsplat(__builtin_inff()) : y;
+    return in < -103.97208f ? vzero<V>() : high;
   }
 
   static RNNK_INLINE V sigmoid(V x) { return 1.0f / (1.0f + exp(-x)); }
@@ -244,7 +208,7 @@ struct VecMathF {
     const V a = x < 0.0f ? -x : x;
     // small |x|: x · P(x²)
     const V y = a * a;
-    V p = vsplat<V>(-6.235542481e-03f);
+    V p = vsplat(-6.235542481e-03f);
     p = p * y + 2.103966406e-02f;
     p = p * y - 5.384270464e-02f;
     p = p * y + 1.333246072e-01f;
@@ -252,14 +216,16 @@ struct VecMathF {
     p = p * y + 1.0f;
     const V small = a * p;
     // large |x|: clamped at 15 (tanh is 1 in float from 9.01 on, and e^30 is far from overflow)
-    const V ac = a > 15.0f ? vsplat<V>(15.0f) : a;
+    const V ac = a > 15.0f ? vsplat(15.0f) : a;
     const V large = 1.0f - 2.0f / (exp(ac + ac) + 1.0f);
     const V t = a < 0.55f ? small : large;
     return x < 0.0f ? -t : t;  // NaN input: both comparisons false → NaN propagates via `large`
   }
 
-  static RNNK_INLINE V relu(V x) { return x > 0.0f ? x : vzero<V>(); }
-  static RNNK_INLINE V relu_mask(V h, V v) { return h > 0.0f ? v : vzero<V>(); }
+  // torch's relu: NaN propagates (NaN < 0 is false); its derivative (threshold_backward) is 0
+  // only where h <= 0, so a NaN h passes the gradient on.
+  static RNNK_INLINE V relu(V x) { return x < 0.0f ? vzero<V>() : x; }
+  static RNNK_INLINE V relu_mask(V h, V v) { return h <= 0.0f ? vzero<V>() : v; }
 };
 
 // double: lane-wise libm (fp64 is the accuracy path on the CPU, not the fast one).
@@ -275,19 +241,29 @@ struct VecMathD {
     for (int l = 0; l < 4; ++l) r[l] = std::tanh(x[l]);
     return r;
   }
-  static RNNK_INLINE V relu(V x) { return x > 0.0 ? x : vzero<V>(); }
-  static RNNK_INLINE V relu_mask(V h, V v) { return h > 0.0 ? v : vzero<V>(); }
+  static RNNK_INLINE V relu(V x) { return x < 0.0 ? vzero<V>() : x; }       // as VecMathF
+  static RNNK_INLINE V relu_mask(V h, V v) { return h <= 0.0 ? vzero<V>() : v; }
 };
 
 template <class A>
-struct VecMathOf;
-template <>
-struct VecMathOf<float> {
-  using type = VecMathF;
-};
-template <>
-struct VecMathOf<double> {
-  using type = VecMathD;
+using vec_math_of = std::conditional_t<std::is_same_v<A, double>, VecMathD, VecMathF>;
+
+// The IO policy of rnnkernels/cell_io.h on the CPU: a vector of units, of which the first n ≤ L
+// are valid (n < L only at the ragged end of a row).
+template <class A>
+struct VecIO {
+  using Acc = A;
+  using T = typename Vec<A>::type;
+  int n;
+  template <class X>
+  RNNK_INLINE T load(const X* p) const {
+    return vload(p, n);
+  }
+  template <class X>
+  RNNK_INLINE void store(X* p, T v) const {
+    vstore(p, v, n);
+  }
+  RNNK_INLINE T zero() const { return vzero<T>(); }
 };
 
 }  // namespace cpu

@@ -1,5 +1,6 @@
 // csrc/cuda/cuda_common.cuh — shared device helpers of the CUDA scans: storage-type loads and
-// stores with fp32 math (float, half, bfloat16), the launch check, dtype dispatch.
+// stores with fp32 math (float, half, bfloat16) and the IO policy of cell_io.h built on them, the
+// launch check, dtype dispatch.
 // No torch header: compiles with plain nvcc (.ci/compile_cuda.sh).
 #pragma once
 
@@ -9,7 +10,7 @@
 
 #include <cstdint>
 
-#include "rnnkernels/cell_math.h"
+#include "rnnkernels/cell_io.h"
 #include "rnnkernels/scan_params.h"
 
 namespace rnnk {
@@ -23,6 +24,21 @@ __device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162
 __device__ __forceinline__ void st(float* p, float v) { *p = v; }
 __device__ __forceinline__ void st(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// The IO policy of rnnkernels/cell_io.h: one unit per thread, fp32 math.
+struct ScalarIO {
+  using Acc = float;
+  using T = float;
+  template <class X>
+  __device__ __forceinline__ float load(const X* p) const {
+    return ld(p);
+  }
+  template <class X>
+  __device__ __forceinline__ void store(X* p, float v) const {
+    st(p, v);
+  }
+  __device__ __forceinline__ float zero() const { return 0.0f; }
+};
 
 // Launch configuration of the elementwise kernels.
 constexpr int kThreads = 256;
@@ -38,31 +54,11 @@ inline unsigned blocks_for(int64_t n) {
     if (rnnk_err_ != cudaSuccess) return Status::error(int(rnnk_err_), name); \
   } while (0)
 
-// Calls f(Cell constant, S* null) for the dtype and cell of `a`; float64 is not a CUDA dtype here.
+// rnnk::dispatch with the CUDA storage types; float64 is not a CUDA dtype here.
 template <class F>
-Status dispatch(const ScanArgs& a, F&& f) {
-  auto by_cell = [&](auto* s) -> Status {
-    switch (a.cell) {
-      case Cell::kLSTM: return f(std::integral_constant<Cell, Cell::kLSTM>{}, s);
-      case Cell::kGRU: return f(std::integral_constant<Cell, Cell::kGRU>{}, s);
-      case Cell::kRNNTanh: return f(std::integral_constant<Cell, Cell::kRNNTanh>{}, s);
-      case Cell::kRNNReLU: return f(std::integral_constant<Cell, Cell::kRNNReLU>{}, s);
-    }
-    return Status::error(kErrorUnsupported, "unknown cell");
-  };
-  switch (a.dtype) {
-    case DType::kFloat32: return by_cell(static_cast<float*>(nullptr));
-    case DType::kFloat16: return by_cell(static_cast<__half*>(nullptr));
-    case DType::kBFloat16: return by_cell(static_cast<__nv_bfloat16*>(nullptr));
-    default: break;
-  }
-  return Status::error(kErrorUnsupported, "the CUDA kernels support float32, float16, bfloat16");
+Status by_dtype(const ScanArgs& a, F&& f) {
+  return dispatch<float, void, __half, __nv_bfloat16>(a, f);
 }
-
-template <Cell C>
-struct CellG {
-  static constexpr int G = C == Cell::kLSTM ? 4 : (C == Cell::kGRU ? 3 : 1);
-};
 
 }  // namespace cuda
 }  // namespace rnnk

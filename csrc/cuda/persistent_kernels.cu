@@ -29,63 +29,74 @@ __host__ __device__ inline int padded_ld(int H, int elem_bytes) {
 }
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) & ~size_t(15); }
 
-template <class S>
-__device__ void load_weights(S* Ws, const S* W, int GH, int H, int ldw) {
-  const int64_t n = int64_t(GH) * H;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const int64_t g = i / H, k = i - g * H;
-    Ws[g * ldw + k] = W[i];
-  }
+__device__ inline unsigned char* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char smem[];
+  return smem;
 }
+
+// A block's share of either kernel: `rows` sequences from b0 on, thread j = hidden unit j (the
+// lanes past H only help to load W_hh), W_hh in shared memory (row stride ldw), followed by the
+// kernel's fp32 buffer (forward: h, double-buffered; backward: d gates).
+template <class S>
+struct Block {
+  int H, GH, ldw, rows, j;
+  int64_t B, T, b0;
+  S* Ws;
+  float* buf;
+
+  // Also loads W_hh into shared memory; the kernel synchronises before reading it.
+  __device__ Block(const ScanArgs& a, const S* W, int G, int rows_,
+                   unsigned char* smem = dynamic_smem())
+      : H(int(a.H)), GH(G * int(a.H)), ldw(padded_ld(int(a.H), int(sizeof(S)))), rows(rows_),
+        j(int(threadIdx.x)), B(a.sched.B), T(a.sched.T), b0(int64_t(blockIdx.x) * rows_),
+        Ws(reinterpret_cast<S*>(smem)),
+        buf(reinterpret_cast<float*>(smem + align16(size_t(GH) * ldw * sizeof(S)))) {
+    const int64_t n = int64_t(GH) * H;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const int64_t g = i / H, k = i - g * H;
+      Ws[g * ldw + k] = W[i];
+    }
+  }
+  __device__ bool lane() const { return j < H; }
+  // Whether row r of the block is a sequence of the batch.
+  __device__ bool has(int r) const { return r < rows && b0 + r < B; }
+};
 
 template <Cell C, class S>
 __global__ void __launch_bounds__(1024) forward_persistent_kernel(ScanArgs a, const S* W,
                                                                    int rows) {
-  constexpr int G = CellG<C>::G;
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int H = int(a.H), GH = G * H, ldw = padded_ld(H, int(sizeof(S)));
-  S* Ws = reinterpret_cast<S*>(smem);
-  float* hs = reinterpret_cast<float*>(smem + align16(size_t(GH) * ldw * sizeof(S)));
-  const int64_t B = a.sched.B, T = a.sched.T;
-  const int64_t b0 = int64_t(blockIdx.x) * rows;
-  const int j = threadIdx.x;
-  const bool lane = j < H;
-  const S* xp = static_cast<const S*>(a.xp);
+  constexpr int G = gates_of(C);
+  const Block<S> blk(a, W, G, rows);
+  const int H = blk.H, j = blk.j;
+  const int64_t B = blk.B;
+  float* hs = blk.buf;
   S* out = static_cast<S*>(a.out);
-  float* gates = static_cast<float*>(a.gates);
-  float* aux = static_cast<float*>(a.aux);
-  const float bhn = (C == Cell::kGRU && a.b_hn && lane) ? static_cast<const float*>(a.b_hn)[j]
-                                                         : 0.0f;
 
-  load_weights(Ws, W, GH, H, ldw);
-  float creg[kMaxRows];
+  float creg[kMaxRows];  // the cell state c of unit j, per row
 #pragma unroll
   for (int r = 0; r < kMaxRows; ++r) {
     creg[r] = 0.0f;
-    const int64_t b = b0 + r;
-    if (r < rows && b < B && lane) {
+    const int64_t b = blk.b0 + r;
+    if (blk.has(r) && blk.lane()) {
       hs[(rows + r) * H + j] = ld(static_cast<const S*>(a.h0) + b * H + j);
       if constexpr (C == Cell::kLSTM) creg[r] = ld(static_cast<const S*>(a.c0) + b * H + j);
     }
   }
   __syncthreads();
 
-  for (int64_t s = 0; s < T; ++s) {
+  for (int64_t s = 0; s < blk.T; ++s) {
     const float* cur = hs + ((s + 1) & 1) * rows * H;
     float* nxt = hs + (s & 1) * rows * H;
-    if (lane) {
+    if (blk.lane()) {
 #pragma unroll
-      for (int r = 0; r < kMaxRows; ++r) {
-        const int64_t b = b0 + r;
-        if (r >= rows || b >= B) break;
-        const int64_t t = a.sched.time(s, b);
+      for (int r = 0; r < kMaxRows && blk.has(r); ++r) {
+        const int64_t b = blk.b0 + r, t = a.sched.time(s, b);
         if (t < 0) {
           nxt[r * H + j] = cur[r * H + j];
           st(out + (s * B + b) * H + j, 0.0f);
           continue;
         }
-        const int64_t row = t * B + b;
-        const S* x = xp + row * GH + j;
+        const S* x = static_cast<const S*>(a.xp) + (t * B + b) * blk.GH + j;
         float xq[G];
 #pragma unroll
         for (int q = 0; q < G; ++q) xq[q] = ld(x + q * H);  // issued before the dot products
@@ -93,56 +104,24 @@ __global__ void __launch_bounds__(1024) forward_persistent_kernel(ScanArgs a, co
 #pragma unroll
         for (int q = 0; q < G; ++q) acc[q] = 0.0f;
         const float* hr = cur + r * H;
-        const S* wj = Ws + j * ldw;
+        const S* wj = blk.Ws + j * blk.ldw;
         for (int k = 0; k < H; ++k) {
           const float hk = hr[k];
 #pragma unroll
-          for (int q = 0; q < G; ++q) acc[q] += ld(wj + (q * H) * ldw + k) * hk;
+          for (int q = 0; q < G; ++q) acc[q] += ld(wj + (q * H) * blk.ldw + k) * hk;
         }
-        if constexpr (C == Cell::kLSTM) {
-          float i, f, u, o, cn, hn;
-          lstm_cell_fwd<M>(xq[0] + acc[0], xq[1] + acc[1], xq[2] + acc[2], xq[3] + acc[3],
-                          creg[r], i, f, u, o, cn, hn);
-          creg[r] = cn;
-          nxt[r * H + j] = hn;
-          st(out + row * H + j, hn);
-          if (gates) {
-            float* g = gates + row * GH + j;
-            g[0] = i;
-            g[H] = f;
-            g[2 * H] = u;
-            g[3 * H] = o;
-          }
-          if (aux) aux[row * H + j] = cn;
-        } else if constexpr (C == Cell::kGRU) {
-          const float hn_lin = acc[G - 1] + bhn;
-          float rr, z, n, hn;
-          gru_cell_fwd<M>(xq[0], xq[1 % G], xq[G - 1], acc[0], acc[1 % G], hn_lin,
-                          cur[r * H + j], rr, z, n, hn);
-          nxt[r * H + j] = hn;
-          st(out + row * H + j, hn);
-          if (gates) {
-            float* g = gates + row * GH + j;
-            g[0] = rr;
-            g[H] = z;
-            g[2 * H] = n;
-          }
-          if (aux) aux[row * H + j] = hn_lin;
-        } else {
-          const float hn = rnn_cell_fwd<M>(xq[0] + acc[0], C == Cell::kRNNReLU);
-          nxt[r * H + j] = hn;
-          st(out + row * H + j, hn);
-        }
+        forward_unit<C, M>(ScalarIO{}, forward_row<S, float>(a, t, b), H, j, xq, 1, acc, 1,
+                           cur + r * H + j, &creg[r], nxt + r * H + j);
       }
     }
     __syncthreads();
   }
 
-  const float* last = hs + ((T - 1) & 1) * rows * H;
+  const float* last = hs + ((blk.T - 1) & 1) * rows * H;
 #pragma unroll
   for (int r = 0; r < kMaxRows; ++r) {
-    const int64_t b = b0 + r;
-    if (r < rows && b < B && lane) {
+    const int64_t b = blk.b0 + r;
+    if (blk.has(r) && blk.lane()) {
       st(static_cast<S*>(a.h_n) + b * H + j, last[r * H + j]);
       if constexpr (C == Cell::kLSTM) st(static_cast<S*>(a.c_n) + b * H + j, creg[r]);
     }
@@ -152,101 +131,48 @@ __global__ void __launch_bounds__(1024) forward_persistent_kernel(ScanArgs a, co
 template <Cell C, class S>
 __global__ void __launch_bounds__(1024) backward_persistent_kernel(ScanArgs a, const S* W,
                                                                     int rows) {
-  constexpr int G = CellG<C>::G;
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int H = int(a.H), GH = G * H, ldw = padded_ld(H, int(sizeof(S)));
-  S* Ws = reinterpret_cast<S*>(smem);
-  float* dgs = reinterpret_cast<float*>(smem + align16(size_t(GH) * ldw * sizeof(S)));
-  const int64_t B = a.sched.B, T = a.sched.T;
-  const int64_t b0 = int64_t(blockIdx.x) * rows;
-  const int j = threadIdx.x;
-  const bool lane = j < H;
-  const S* gout = static_cast<const S*>(a.grad_out);
-  const float* gates = static_cast<const float*>(a.gates);
-  const float* aux = static_cast<const float*>(a.aux);
-  S* dxp = static_cast<S*>(a.dxp);
+  constexpr int G = gates_of(C);
+  const Block<S> blk(a, W, G, rows);
+  const int H = blk.H, GH = blk.GH, j = blk.j;
+  float* dgs = blk.buf;
 
-  load_weights(Ws, W, GH, H, ldw);
-  float dcar[kMaxRows], dcell[kMaxRows];
+  float dcar[kMaxRows], dcell[kMaxRows];  // the carries ∂L/∂h and ∂L/∂c of unit j, per row
 #pragma unroll
   for (int r = 0; r < kMaxRows; ++r) {
     dcar[r] = dcell[r] = 0.0f;
-    const int64_t b = b0 + r;
-    if (r < rows && b < B && lane) {
+    const int64_t b = blk.b0 + r;
+    if (blk.has(r) && blk.lane()) {
       dcar[r] = ld(static_cast<const S*>(a.grad_hn) + b * H + j);
       if constexpr (C == Cell::kLSTM) dcell[r] = ld(static_cast<const S*>(a.grad_cn) + b * H + j);
     }
   }
   __syncthreads();
 
-  for (int64_t s = T - 1; s >= 0; --s) {
+  for (int64_t s = blk.T - 1; s >= 0; --s) {
     // Phase A: d gates of unit j.
-    if (lane) {
+    if (blk.lane()) {
 #pragma unroll
-      for (int r = 0; r < kMaxRows; ++r) {
-        const int64_t b = b0 + r;
-        if (r >= rows || b >= B) break;
-        const int64_t t = a.sched.time(s, b);
+      for (int r = 0; r < kMaxRows && blk.has(r); ++r) {
+        const int64_t b = blk.b0 + r, t = a.sched.time(s, b);
         if (t < 0) {
-#pragma unroll
-          for (int q = 0; q < G; ++q) st(dxp + (s * B + b) * GH + q * H + j, 0.0f);
+          S* dx = static_cast<S*>(a.dxp) + (s * blk.B + b) * GH + j;
+          backward_padding<C>(ScalarIO{}, dx, static_cast<float*>(nullptr), H);
           continue;
         }
-        const int64_t row = t * B + b;
         const int64_t tprev = s > 0 ? a.sched.time(s - 1, b) : -1;
-        const float dh = dcar[r] + ld(gout + row * H + j);
-        const float* gt = gates + row * GH + j;
-        float* dg = dgs + r * GH + j;
-        S* dx = dxp + row * GH + j;
-        if constexpr (C == Cell::kLSTM) {
-          const float c_prev = tprev >= 0 ? aux[(tprev * B + b) * H + j]
-                                          : ld(static_cast<const S*>(a.c0) + b * H + j);
-          float di, df, du, dout, dcp;
-          lstm_cell_bwd<M>(dh, dcell[r], gt[0], gt[H], gt[2 * H], gt[3 * H], aux[row * H + j],
-                           c_prev, di, df, du, dout, dcp);
-          dcell[r] = dcp;
-          dcar[r] = 0.0f;
-          dg[0] = di;
-          dg[H] = df;
-          dg[2 * H] = du;
-          dg[3 * H] = dout;
-          st(dx, di);
-          st(dx + H, df);
-          st(dx + 2 * H, du);
-          st(dx + 3 * H, dout);
-        } else if constexpr (C == Cell::kGRU) {
-          const S* hp = tprev >= 0 ? static_cast<const S*>(a.out) + (tprev * B + b) * H + j
-                                   : static_cast<const S*>(a.h0) + b * H + j;
-          float dr, dz, dn, dhn, ddir;
-          gru_cell_bwd<M>(dh, gt[0], gt[H], gt[2 * H], aux[row * H + j], ld(hp), dr, dz, dn, dhn,
-                          ddir);
-          dcar[r] = ddir;
-          dg[0] = dr;
-          dg[H] = dz;
-          dg[2 * H] = dhn;
-          st(dx, dr);
-          st(dx + H, dz);
-          st(dx + 2 * H, dn);
-        } else {
-          const float hv = ld(static_cast<const S*>(a.out) + row * H + j);
-          const float dp = rnn_cell_bwd<M>(dh, hv, C == Cell::kRNNReLU);
-          dcar[r] = 0.0f;
-          dg[0] = dp;
-          st(dx, dp);
-        }
+        backward_unit<C, M>(ScalarIO{}, backward_row<S, float>(a, t, tprev, b), H, j, &dcar[r],
+                            &dcell[r], dgs + r * GH + j);
       }
     }
     __syncthreads();
     // Phase B: column k = j of d gates · W_hh.
-    if (lane) {
+    if (blk.lane()) {
 #pragma unroll
-      for (int r = 0; r < kMaxRows; ++r) {
-        const int64_t b = b0 + r;
-        if (r >= rows || b >= B) break;
-        if (a.sched.time(s, b) < 0) continue;
+      for (int r = 0; r < kMaxRows && blk.has(r); ++r) {
+        if (a.sched.time(s, blk.b0 + r) < 0) continue;
         const float* dg = dgs + r * GH;
         float sum = 0.0f;
-        for (int g = 0; g < GH; ++g) sum += dg[g] * ld(Ws + g * ldw + j);
+        for (int g = 0; g < GH; ++g) sum += dg[g] * ld(blk.Ws + g * blk.ldw + j);
         dcar[r] += sum;
       }
     }
@@ -255,8 +181,8 @@ __global__ void __launch_bounds__(1024) backward_persistent_kernel(ScanArgs a, c
 
 #pragma unroll
   for (int r = 0; r < kMaxRows; ++r) {
-    const int64_t b = b0 + r;
-    if (r < rows && b < B && lane) {
+    const int64_t b = blk.b0 + r;
+    if (blk.has(r) && blk.lane()) {
       st(static_cast<S*>(a.dh0) + b * H + j, dcar[r]);
       if constexpr (C == Cell::kLSTM) st(static_cast<S*>(a.dc0) + b * H + j, dcell[r]);
     }
@@ -295,12 +221,13 @@ PersistentPlan plan_persistent(const ScanArgs& a, bool backward, int device) {
   int rows = int((B + sms - 1) / (sms > 0 ? sms : 1));
   rows = rows < 1 ? 1 : (rows > kMaxRows ? kMaxRows : rows);
   const size_t wbytes = align16(size_t(GH) * padded_ld(H, elem) * elem);
-  const size_t buf = backward ? size_t(rows) * GH * 4 : size_t(2) * rows * H * 4;
+  const size_t buf = (backward ? size_t(rows) * GH : size_t(2) * rows * H) * sizeof(float);
   p.smem = wbytes + buf;
   if (p.smem > size_t(max_smem)) {
     p.why = "W_hh does not fit in shared memory";
     return p;
   }
+  p.backward = backward;
   p.rows = rows;
   p.threads = (H + 31) / 32 * 32;
   p.blocks = unsigned((B + rows - 1) / rows);
@@ -308,42 +235,25 @@ PersistentPlan plan_persistent(const ScanArgs& a, bool backward, int device) {
   return p;
 }
 
-Status forward_persistent(const ScanArgs& a, const void* w_hh_dt, const PersistentPlan& plan,
-                          cudaStream_t stream) {
+Status run_persistent(const ScanArgs& a, const void* w_hh_dt, const PersistentPlan& plan,
+                      cudaStream_t stream) {
   if (!plan.ok) return Status::error(kErrorUnsupported, plan.why);
-  return dispatch(a, [&](auto cell, auto* s) {
+  const char* name = plan.backward ? "rnnkernels backward_persistent_kernel"
+                                   : "rnnkernels forward_persistent_kernel";
+  return by_dtype(a, [&](auto cell, auto* s) {
     using S = std::remove_pointer_t<decltype(s)>;
     constexpr Cell C = decltype(cell)::value;
-    auto* kernel = &forward_persistent_kernel<C, S>;
+    auto* kernel =
+        plan.backward ? &backward_persistent_kernel<C, S> : &forward_persistent_kernel<C, S>;
     if (plan.blocks == 0) return Status::success();
     if (plan.smem > 48 * 1024) {
       const cudaError_t e = cudaFuncSetAttribute(
           kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem));
-      if (e != cudaSuccess) return Status::error(int(e), "rnnkernels forward_persistent_kernel");
+      if (e != cudaSuccess) return Status::error(int(e), name);
     }
     kernel<<<plan.blocks, plan.threads, plan.smem, stream>>>(a, static_cast<const S*>(w_hh_dt),
                                                                plan.rows);
-    RNNK_CUDA_CHECK("rnnkernels forward_persistent_kernel");
-    return Status::success();
-  });
-}
-
-Status backward_persistent(const ScanArgs& a, const void* w_hh_dt, const PersistentPlan& plan,
-                           cudaStream_t stream) {
-  if (!plan.ok) return Status::error(kErrorUnsupported, plan.why);
-  return dispatch(a, [&](auto cell, auto* s) {
-    using S = std::remove_pointer_t<decltype(s)>;
-    constexpr Cell C = decltype(cell)::value;
-    auto* kernel = &backward_persistent_kernel<C, S>;
-    if (plan.blocks == 0) return Status::success();
-    if (plan.smem > 48 * 1024) {
-      const cudaError_t e = cudaFuncSetAttribute(
-          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem));
-      if (e != cudaSuccess) return Status::error(int(e), "rnnkernels backward_persistent_kernel");
-    }
-    kernel<<<plan.blocks, plan.threads, plan.smem, stream>>>(a, static_cast<const S*>(w_hh_dt),
-                                                               plan.rows);
-    RNNK_CUDA_CHECK("rnnkernels backward_persistent_kernel");
+    RNNK_CUDA_CHECK(name);
     return Status::success();
   });
 }

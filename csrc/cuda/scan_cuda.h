@@ -4,7 +4,8 @@
 // Step path (any size, the only one for an LSTM with projection): per step the caller's GEMM
 // callback computes h_{t-1}·W_hhᵀ (cuBLAS through ATen, on the same stream), then one fused
 // pointwise kernel over batch × hidden does the cell update, the output and the workspaces. The
-// backward mirrors it. Scratch: StepScratch as documented in scan_params.h, all fp32.
+// backward mirrors it (rnnkernels/step_path.h, shared with the CPU). Scratch: ForwardScratch /
+// BackwardScratch as documented in scan_params.h, all fp32.
 //
 // Persistent path (small hidden sizes): ONE launch for the whole sequence. A block owns a few
 // batch rows and all hidden units; it keeps W_hh in shared memory (padded rows: conflict-free for
@@ -23,15 +24,16 @@
 namespace rnnk {
 namespace cuda {
 
-Status forward_step(const ScanArgs& a, const StepScratch& w, const GemmCallback& gemm,
+Status forward_step(const ScanArgs& a, const ForwardScratch& w, const GemmCallback& gemm,
                     cudaStream_t stream);
-Status backward_step(const ScanArgs& a, const StepScratch& w, const GemmCallback& gemm,
+Status backward_step(const ScanArgs& a, const BackwardScratch& w, const GemmCallback& gemm,
                      cudaStream_t stream);
 
 // Launch shape of the persistent kernels for a case on a device, or the reason it cannot run.
 struct PersistentPlan {
   bool ok = false;
   const char* why = "";
+  bool backward = false;   // which of the two kernels
   int threads = 0;         // per block: the hidden size rounded up to a warp
   int rows = 0;            // batch rows per block
   size_t smem = 0;         // dynamic shared memory per block, bytes
@@ -39,10 +41,9 @@ struct PersistentPlan {
 };
 PersistentPlan plan_persistent(const ScanArgs& a, bool backward, int device);
 
-Status forward_persistent(const ScanArgs& a, const void* w_hh_dt, const PersistentPlan& plan,
-                          cudaStream_t stream);
-Status backward_persistent(const ScanArgs& a, const void* w_hh_dt, const PersistentPlan& plan,
-                           cudaStream_t stream);
+// Runs the forward or the backward kernel, as planned.
+Status run_persistent(const ScanArgs& a, const void* w_hh_dt, const PersistentPlan& plan,
+                      cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace rnnk

@@ -21,7 +21,8 @@ namespace {
 using rnnk::Cell;
 using rnnk::GemmOp;
 using rnnk::ScanArgs;
-using rnnk::StepScratch;
+using rnnk::BackwardScratch;
+using rnnk::ForwardScratch;
 
 int failures = 0;
 std::mt19937_64 rng(99);
@@ -183,7 +184,7 @@ Result<A> run(const Case& k, const Inputs& in, bool fused) {
   r.out = nans<A>(T * B * P);
   r.hn = nans<A>(B * P);
   r.cn = nans<A>(B * H);
-  std::vector<A> gts = nans<A>(T * B * GH), aux = nans<A>(T * B * H), dh_all = nans<A>(T * B * P);
+  std::vector<A> gts = nans<A>(T * B * GH), ws = nans<A>(T * B * H), dh_all = nans<A>(T * B * P);
   r.dxp = nans<A>(T * B * GH);
   r.dh0 = nans<A>(B * P);
   r.dc0 = nans<A>(B * H);
@@ -208,7 +209,7 @@ Result<A> run(const Case& k, const Inputs& in, bool fused) {
   a.c_n = r.cn.data();
   if (k.cell != Cell::kRNNTanh && k.cell != Cell::kRNNReLU) {
     a.gates = gts.data();
-    a.aux = aux.data();
+    (k.cell == Cell::kLSTM ? a.cs : a.hn_lin) = ws.data();
   }
   a.grad_out = gout.data();
   a.grad_hn = ghn.data();
@@ -222,20 +223,23 @@ Result<A> run(const Case& k, const Inputs& in, bool fused) {
   if (fused) {
     std::vector<A> h = nans<A>(2 * B * H), c = nans<A>(B * H), dg = nans<A>(2 * B * GH),
                    pack = nans<A>(size_t(rnnk::cpu::fused_pack_elems(a)));
-    StepScratch s{h.data(), c.data(), nullptr, nullptr, nullptr, pack.data()};
+    ForwardScratch s{h.data(), c.data(), nullptr, nullptr, nullptr, pack.data()};
     st = rnnk::cpu::forward_fused(a, s, 2);
     if (st.ok()) {
-      StepScratch sb{h.data(), c.data(), dg.data(), nullptr, nullptr, nullptr};
+      BackwardScratch sb{h.data(), c.data(), dg.data(), nullptr, nullptr};
       st = rnnk::cpu::backward_fused(a, sb, 2);
     }
   } else {
     std::vector<A> h = nans<A>(B * P), c = nans<A>(B * H), gh = nans<A>(B * GH),
                    hh = nans<A>(B * H), hp = nans<A>(B * P);
     NaiveGemm<A> g{B, H, P, GH, w.data(), wr.data(), h.data(), gh.data(), hh.data(), hp.data()};
-    StepScratch s{h.data(), c.data(), gh.data(), hh.data(), hp.data(), nullptr};
+    // The backward reuses the forward's buffers in their backward roles (the GEMMs are bound to
+    // them): h → dh, gh → dgates, hh → dhh, hp → dh_total.
+    ForwardScratch s{h.data(), c.data(), gh.data(), hh.data(), hp.data(), nullptr};
+    BackwardScratch sb{h.data(), c.data(), gh.data(), hh.data(), hp.data()};
     const rnnk::GemmCallback cb{&g, &NaiveGemm<A>::call};
     st = rnnk::cpu::forward_gemm(a, s, cb);
-    if (st.ok()) st = rnnk::cpu::backward_gemm(a, s, cb);
+    if (st.ok()) st = rnnk::cpu::backward_gemm(a, sb, cb);
   }
   if (!st.ok()) {
     std::printf("FAIL %s: kernel error %s\n", k.name, st.what);

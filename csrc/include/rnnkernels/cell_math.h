@@ -38,12 +38,14 @@ struct ExactMath {
   static RNNK_HOST_DEVICE RNNK_INLINE double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
   static RNNK_HOST_DEVICE RNNK_INLINE float tanh(float x) { return tanhf(x); }
   static RNNK_HOST_DEVICE RNNK_INLINE double tanh(double x) { return ::tanh(x); }
+  // torch's relu: NaN propagates (NaN < 0 is false; a diverged model must not look healthy).
   template <class T>
-  static RNNK_HOST_DEVICE RNNK_INLINE T relu(T x) { return x > T(0) ? x : T(0); }
+  static RNNK_HOST_DEVICE RNNK_INLINE T relu(T x) { return x < T(0) ? T(0) : x; }
   // v where h > 0, else 0: the ReLU derivative expressed through the saved output h = relu(pre)
-  // (h > 0 exactly where pre > 0), so the backward needs no saved pre-activation.
+  // (h > 0 exactly where pre > 0), so the backward needs no saved pre-activation. Zero only where
+  // h <= 0, as torch's threshold_backward: a NaN h passes v on.
   template <class T>
-  static RNNK_HOST_DEVICE RNNK_INLINE T relu_mask(T h, T v) { return h > T(0) ? v : T(0); }
+  static RNNK_HOST_DEVICE RNNK_INLINE T relu_mask(T h, T v) { return h <= T(0) ? T(0) : v; }
 };
 
 // ------------------------------------------------------------------------------------- LSTM

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "rnnkernels/cell_math.h"
 
@@ -16,7 +17,9 @@ namespace rnnk {
 enum class DType : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 enum class Cell : int32_t { kLSTM = 0, kGRU = 1, kRNNTanh = 2, kRNNReLU = 3 };
 
-RNNK_HOST_DEVICE inline int gates_of(Cell cell) {
+// Gates per hidden unit: the one place the 4 / 3 / 1 of docs/BACKENDS.md is spelled out. A
+// constexpr function, so kernels templated on the cell use it as a compile-time constant.
+RNNK_HOST_DEVICE constexpr int gates_of(Cell cell) {
   return cell == Cell::kLSTM ? 4 : (cell == Cell::kGRU ? 3 : 1);
 }
 
@@ -82,13 +85,14 @@ struct ScanArgs {
   const void* c0 = nullptr;  // [B, H] (LSTM)
 
   // Forward outputs
-  void* out = nullptr;    // [T, B, P] dt
-  void* h_n = nullptr;    // [B, P] dt
-  void* c_n = nullptr;    // [B, H] dt
-  void* gates = nullptr;  // [T, B, G*H] acc, activated gates; null when not saved
-  void* aux = nullptr;    // [T, B, H] acc: LSTM c_t, GRU hn_lin; null when not saved
+  void* out = nullptr;     // [T, B, P] dt
+  void* h_n = nullptr;     // [B, P] dt
+  void* c_n = nullptr;     // [B, H] dt
+  void* gates = nullptr;   // [T, B, G*H] acc, activated gates; null when not saved
+  void* cs = nullptr;      // [T, B, H] acc, LSTM c_t; null when not saved (and for other cells)
+  void* hn_lin = nullptr;  // [T, B, H] acc, GRU W_hn·h_{t-1} + b_hn; null likewise
 
-  // Backward inputs (gates/aux/out above are the saved forward results)
+  // Backward inputs (out, gates, cs, hn_lin above are the saved forward results)
   const void* grad_out = nullptr;  // [T, B, P] dt
   const void* grad_hn = nullptr;   // [B, P] dt
   const void* grad_cn = nullptr;   // [B, H] dt
@@ -98,33 +102,64 @@ struct ScanArgs {
   void* dh0 = nullptr;     // [B, P] dt
   void* dc0 = nullptr;     // [B, H] dt
   void* dh_all = nullptr;  // [T, B, P] acc (LSTM with projection) or null
-
-  int gates_count() const { return gates_of(cell); }
-  bool relu() const { return cell == Cell::kRNNReLU; }
 };
 
 // Scratch buffers [acc] the caller allocates for the step-wise paths (one GEMM per step through a
-// callback, then a fused pointwise kernel). Names follow the forward; the backward reuses them.
-//   forward:  h [B,P] state, c [B,H] cell, gh [B,G*H] = h·W_hhᵀ, hh [B,H] and hp [B,P] (projection)
-//   backward: h = the carry ∂L/∂h [B,P], c = ∂L/∂c [B,H], gh = d gates fed to the GEMM [B,G*H],
-//             hh = ∂L/∂hh [B,H] and hp = the step's total ∂L/∂h [B,P] (projection)
-struct StepScratch {
-  void* h = nullptr;
-  void* c = nullptr;
-  void* gh = nullptr;
-  void* hh = nullptr;
-  void* hp = nullptr;
+// callback, then a fused pointwise kernel). The CPU fused path uses some of them with other
+// shapes, documented in csrc/cpu/scan_cpu.h.
+struct ForwardScratch {
+  void* h = nullptr;     // [B, P] the state h_{t-1}, then h_t
+  void* c = nullptr;     // [B, H] the LSTM cell state
+  void* gh = nullptr;    // [B, G*H] h_{t-1}·W_hhᵀ
+  void* hh = nullptr;    // [B, H] LSTM with projection: the unprojected hidden o ⊙ tanh(c_t)
+  void* hp = nullptr;    // [B, P] LSTM with projection: hh·W_hrᵀ, the next state
   void* pack = nullptr;  // CPU fused forward: W_hh packed in panels (cpu::fused_pack_elems)
 };
 
+struct BackwardScratch {
+  void* dh = nullptr;        // [B, P] the carry ∂L/∂h, from step t+1 into step t
+  void* dc = nullptr;        // [B, H] the carry ∂L/∂c (LSTM)
+  void* dgates = nullptr;    // [B, G*H] d gates of the step, what W_hh multiplies
+  void* dhh = nullptr;       // [B, H] LSTM with projection: ∂L/∂hh = dh_total·W_hr
+  void* dh_total = nullptr;  // [B, P] LSTM with projection: the step's total ∂L/∂h_t
+};
+
 // The GEMMs of the step-wise paths, done by the caller (through the fastest GEMM of the device,
-// on the right stream) on the StepScratch buffers and the weights:
+// on the right stream) on the scratch buffers and the weights:
 enum class GemmOp : int32_t {
   kGates = 0,        // forward:  gh = h · W_hhᵀ                     [B,P]·[P,G*H]
   kProject = 1,      // forward:  hp = hh · W_hrᵀ                    [B,H]·[H,P]
-  kRecurrent = 2,    // backward: h += gh · W_hh  (accumulate)       [B,G*H]·[G*H,P]
-  kProjectBack = 3,  // backward: hh = hp · W_hr                     [B,P]·[P,H]
+  kRecurrent = 2,    // backward: dh += dgates · W_hh (accumulate)   [B,G*H]·[G*H,P]
+  kProjectBack = 3,  // backward: dhh = dh_total · W_hr              [B,P]·[P,H]
 };
+
+// f(std::integral_constant<Cell, C>{}, S* null) for the cell of `a` and the type S that holds its
+// dtype on the device: S32 float32, S64 float64, S16 float16, SB16 bfloat16, or void where the
+// device has no kernels for that dtype. The switch from the runtime case to the kernels, which
+// are templates over both.
+template <class S32, class S64, class S16, class SB16, class F>
+Status dispatch(const ScanArgs& a, F&& f) {
+  auto with = [&](auto* s) -> Status {
+    if constexpr (std::is_void_v<std::remove_pointer_t<decltype(s)>>) {
+      return Status::error(kErrorUnsupported, "no kernels for this dtype on this device");
+    } else {
+      switch (a.cell) {
+        case Cell::kLSTM: return f(std::integral_constant<Cell, Cell::kLSTM>{}, s);
+        case Cell::kGRU: return f(std::integral_constant<Cell, Cell::kGRU>{}, s);
+        case Cell::kRNNTanh: return f(std::integral_constant<Cell, Cell::kRNNTanh>{}, s);
+        case Cell::kRNNReLU: return f(std::integral_constant<Cell, Cell::kRNNReLU>{}, s);
+      }
+      return Status::error(kErrorUnsupported, "unknown cell");
+    }
+  };
+  switch (a.dtype) {
+    case DType::kFloat32: return with(static_cast<S32*>(nullptr));
+    case DType::kFloat64: return with(static_cast<S64*>(nullptr));
+    case DType::kFloat16: return with(static_cast<S16*>(nullptr));
+    case DType::kBFloat16: return with(static_cast<SB16*>(nullptr));
+  }
+  return Status::error(kErrorUnsupported, "unknown dtype");
+}
 
 // Callback for the GEMMs above; returns false (after recording the error itself) to abort.
 struct GemmCallback {
