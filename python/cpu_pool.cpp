@@ -1,6 +1,8 @@
 // python/cpu_pool.cpp — see cpu_pool.h.
 #include "cpu_pool.h"
 
+#include <c10/core/CPUAllocator.h>
+
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -62,6 +64,21 @@ void* take(size_t bytes, size_t* block_bytes) {
 
 }  // namespace
 
+namespace {
+
+struct PooledBlock {
+  void* data;
+  size_t bytes;
+};
+
+void release(void* context) {
+  auto* block = static_cast<PooledBlock*>(context);
+  give_back(block->data, block->bytes);
+  delete block;
+}
+
+}  // namespace
+
 at::Tensor pooled_empty(at::IntArrayRef shape, const at::TensorOptions& opts) {
   int64_t numel = 1;
   for (int64_t d : shape) numel *= d;
@@ -71,8 +88,14 @@ at::Tensor pooled_empty(at::IntArrayRef shape, const at::TensorOptions& opts) {
   size_t block_bytes = 0;
   void* block = take(bytes, &block_bytes);
   if (!block) return at::empty(shape, opts);  // let torch raise its out-of-memory error
-  return at::from_blob(
-      block, shape, [block_bytes](void* p) { give_back(p, block_bytes); }, opts);
+  // A resizable storage, like at::empty's: a user may resize_() an output. Growing it allocates
+  // with torch's CPU allocator and copies; the pooled block goes back to the pool when the
+  // storage lets go of it (the DataPtr's deleter), whenever that is.
+  c10::Storage storage(c10::Storage::use_byte_size_t(), bytes,
+                       c10::DataPtr(block, new PooledBlock{block, block_bytes}, &release,
+                                    c10::Device(c10::kCPU)),
+                       c10::GetCPUAllocator(), /*resizable=*/true);
+  return at::empty({0}, opts).set_(storage, 0, shape);
 }
 
 void set_pool_limit_mb(int64_t mb) {

@@ -10,7 +10,8 @@
 // Blocks of at least kMinBytes are pooled, up to a limit of cached (free) bytes, option
 // `cpu_pool_mb` (default 512; 0 turns pooling off and frees what is cached). A block is reused
 // for a request of at most its size and at least 7/8 of it. Tensors are ordinary CPU tensors
-// (at::from_blob with a deleter that returns the block), not resizable.
+// with a resizable storage (its DataPtr's deleter returns the block; growing it allocates with
+// torch's CPU allocator), so a user's resize_() works as on at::empty's.
 #pragma once
 
 #include <ATen/ATen.h>
