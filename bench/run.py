@@ -23,6 +23,7 @@ import torch
 
 from . import configs as C
 from . import harness as H
+from . import measure as M
 
 DEFAULT_OUT = H.REPO / "bench" / "results"
 
@@ -91,8 +92,8 @@ def _dtypes(s: str) -> list[torch.dtype]:
     return out
 
 
-def _budget(args, suite: str, device: torch.device) -> H.TimingBudget:
-    b = H.TimingBudget()
+def _budget(args, suite: str, device: torch.device) -> M.TimingBudget:
+    b = M.TimingBudget()
     if device.type == "cpu":
         b.min_time = 0.3 if suite == "quick" else 1.0
         b.warmup = 1 if suite == "quick" else 2
@@ -159,19 +160,19 @@ def _row_for(rec: dict) -> str:
 
 
 # ------------------------------------------------------------------------------- measurement
-def measure(case: H.Case, provider: str, mode: str, budget: H.TimingBudget) -> dict:
+def measure(case: H.Case, provider: str, mode: str, budget: M.TimingBudget) -> dict:
     """One record: check the provider's step against torch.nn, time it, measure its memory."""
     rec = {"kind": "bench", "config": case.cfg.to_dict(), "cell": case.cell, "mode": mode,
            "provider": provider, "dtype": H.dtype_name(case.dtype), "device": case.device.type,
-           "loadavg_1m": H.loadavg()}
+           "loadavg_1m": M.loadavg()}
     module = step = None
     try:
         module, step, err = H.checked_step(case, provider, mode)
         rec["error"] = err
-        samples, timer = H.time_fn(step, case.device, budget)
-        rec["time_ms"] = H.summarize(samples)
+        samples, timer = M.time_fn(step, case.device, budget)
+        rec["time_ms"] = M.summarize(samples)
         rec["timer"] = timer
-        mem, kind = H.peak_memory(step, case.device, module)
+        mem, kind = M.peak_memory(step, case.device, module)
         rec["peak_mem_bytes"], rec["mem_kind"] = mem, kind
         if provider == "torch":
             rec["impl"] = H.torch_impl(module, case.inputs)
@@ -206,11 +207,11 @@ def run_bench(args, device: torch.device, suite: str, sink) -> list[dict]:
             raise SystemExit(f"bench: unknown mode {m!r}; expected {C.MODES}")
     explicit = _csv(args.providers) if args.providers else None
     budget = _budget(args, suite, device)
-    env = H.environment(device.type)
+    env = M.environment(device.type)
     print(f"\n== benchmark: suite={suite}, device={env['device_name']}, torch {env['torch']}, "
           f"triton {env['triton']}, CUDA {env['cuda']}, threads {env['torch_threads']}, "
           f"git {env['git_sha'][:12]}", flush=True)
-    load = H.loadavg()
+    load = M.loadavg()
     if device.type == "cpu" and load is not None and load > 0.5 * (env["cpu_count"] or 1):
         print(f"WARNING: 1-min load average is {load} on {env['cpu_count']} CPUs: other work is "
               "running and CPU timings will be noisy (each record keeps its loadavg_1m); "
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)   # so names, events and memory stats refer to it
     if args.threads:
         torch.set_num_threads(args.threads)
-    H.configure_precision(device, args.tf32)
+    M.configure_precision(device, args.tf32)
     suite = args.suite if args.suite != "auto" else ("full" if device.type == "cuda" else "quick")
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     stamp = _stamp() + (f"-{args.tag}" if args.tag else "")

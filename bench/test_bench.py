@@ -24,13 +24,14 @@ import torch
 
 from bench import configs as C
 from bench import harness as H
+from bench import measure as M
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SUITE = os.environ.get("RNNKERNELS_BENCH_SUITE") or ("full" if DEVICE.type == "cuda" else "quick")
 DTYPE = H.DTYPES[os.environ.get("RNNKERNELS_BENCH_DTYPE", "float32")]
 PATTERNS = [p for p in os.environ.get("RNNKERNELS_BENCH_CONFIGS", "").split(",") if p] or None
 
-H.configure_precision(DEVICE, allow_tf32=False)
+M.configure_precision(DEVICE, allow_tf32=False)
 SMOKE_T = 12
 
 
@@ -77,7 +78,7 @@ def test_rnn(benchmark, cfg, cell, mode, provider):
     benchmark.group = f"{cfg.name}-{cell}-{mode}-{H.dtype_name(DTYPE)}"
     benchmark.extra_info.update(config=cfg.to_dict(), provider=provider,
                                 dtype=H.dtype_name(DTYPE), device=DEVICE.type,
-                                error=err, env=H.environment(DEVICE.type))
+                                error=err, env=M.environment(DEVICE.type))
     if DEVICE.type == "cuda":
         def fn():
             step()

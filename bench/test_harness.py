@@ -13,6 +13,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from bench import configs as C
 from bench import harness as H
+from bench import measure as M
+from bench import scoring as S
 from bench import run as R
 
 CPU = torch.device("cpu")
@@ -87,32 +89,32 @@ def test_wrong_grad_is_flagged_only_in_training(fake_providers):
 
 def test_tensor_error_edge_cases():
     ref = torch.tensor([1.0, -2.0, 0.5])
-    assert H.tensor_error(None, ref, torch.float32, False) == math.inf
-    assert H.tensor_error(ref[:2], ref, torch.float32, False) == math.inf
-    assert H.tensor_error(torch.tensor([1.0, float("nan"), 0.5]), ref, torch.float32, False) \
+    assert S.tensor_error(None, ref, torch.float32, False) == math.inf
+    assert S.tensor_error(ref[:2], ref, torch.float32, False) == math.inf
+    assert S.tensor_error(torch.tensor([1.0, float("nan"), 0.5]), ref, torch.float32, False) \
         == math.inf
     # outputs: abs error scaled by max(1, max|ref|) = 2; grads: relative to max|ref| = 2
-    assert H.tensor_error(ref + 0.2, ref, torch.float32, False) == pytest.approx(0.1)
+    assert S.tensor_error(ref + 0.2, ref, torch.float32, False) == pytest.approx(0.1)
     small = ref * 1e-3
-    assert H.tensor_error(small + 1e-5, small, torch.float32, False) \
+    assert S.tensor_error(small + 1e-5, small, torch.float32, False) \
         == pytest.approx(1e-5, rel=1e-4)
-    assert H.tensor_error(small + 1e-5, small, torch.float32, True) == pytest.approx(5e-3, rel=1e-4)
+    assert S.tensor_error(small + 1e-5, small, torch.float32, True) == pytest.approx(5e-3, rel=1e-4)
     # half types: relative RMS
-    assert H.tensor_error(ref * 1.01, ref, torch.bfloat16, True) == pytest.approx(0.01)
+    assert S.tensor_error(ref * 1.01, ref, torch.bfloat16, True) == pytest.approx(0.01)
 
 
 def test_missing_grad_is_flagged():
     ref = {"output": torch.ones(2), "grad.w": torch.ones(2)}
-    err = H.compare({"output": torch.ones(2), "grad.w": None}, ref, torch.float32)
+    err = S.compare({"output": torch.ones(2), "grad.w": None}, ref, torch.float32)
     assert not err["ok"] and err["worst_of"] == "grad.w" and err["worst"] == math.inf
 
 
 def test_time_cpu_respects_budget():
     calls = []
-    samples = H.time_cpu(lambda: calls.append(1), H.TimingBudget(warmup=2, min_time=0.0,
+    samples = M.time_cpu(lambda: calls.append(1), M.TimingBudget(warmup=2, min_time=0.0,
                                                                  min_reps=7, max_reps=50))
     assert len(samples) == 7 and len(calls) == 9
-    stats = H.summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    stats = M.summarize([1.0, 2.0, 3.0, 4.0, 5.0])
     assert stats["median"] == 3.0 and stats["p20"] == pytest.approx(1.8) \
         and stats["p80"] == pytest.approx(4.2) and stats["n"] == 5
 
@@ -124,10 +126,10 @@ def test_cpu_peak_memory_sees_a_transient_allocation():
         t = torch.ones(10 * 2**20)   # 40 MiB touched, then freed before returning
         return float(t[-1])
 
-    mem, kind = H.peak_memory(fn, CPU, m)
+    mem, kind = M.peak_memory(fn, CPU, m)
     if mem is None:
         pytest.skip("this kernel does not allow resetting the peak RSS")
-    assert kind == H.CPU_MEMORY_KIND
+    assert kind == M.CPU_MEMORY_KIND
     assert 36 * 2**20 <= mem <= 80 * 2**20, mem / 2**20
 
 
@@ -154,5 +156,5 @@ def test_runner_strict_exit_code_and_outputs(fake_providers, tmp_path, capsys, m
     r = next(r for r in recs if r["provider"] == "clone" and r["mode"] == "fwdbwd")
     assert r["status"] == "ok" and r["error"]["ok"] and r["time_ms"]["n"] >= 2
     assert r["speedup"] > 0 and r["env"]["torch"] == torch.__version__ and r["env"]["git_sha"]
-    assert r["config"]["name"] == "tiny" and r["mem_kind"] == H.CPU_MEMORY_KIND
+    assert r["config"]["name"] == "tiny" and r["mem_kind"] == M.CPU_MEMORY_KIND
     assert good.with_suffix(".png").stat().st_size > 1000

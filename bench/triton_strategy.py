@@ -8,7 +8,7 @@ Triton plan").
 Part A: inference forward (no_grad) of one layer, T=200, fp32, for each strategy forced
 (step / persistent / persistent-grid) over small hidden sizes and two batch sizes.
 Part B: the step strategy's hidden tile and warp count at H=512 (B=1 and B=64).
-Times are CUDA-event medians (L2 flushed per call, see bench/harness.py). One JSON line per
+Times are CUDA-event medians (L2 flushed per call, see bench/measure.py). One JSON line per
 measurement goes to ``DIR/triton-strategy-<stamp>.jsonl``; a table is printed.
 """
 from __future__ import annotations
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from bench import harness as H
+from bench import measure as M
 
 
 def _measure(mod, x, budget) -> float:
     def fn():
         with torch.no_grad():
             mod(x)
-    return statistics.median(H.time_cuda(fn, budget))
+    return statistics.median(M.time_cuda(fn, budget))
 
 
 def main() -> int:
@@ -45,7 +45,7 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dev = torch.device(args.device)
-    budget = H.TimingBudget(min_reps=5, max_reps=200, warmup_ms=10.0, rep_time_ms=60.0)
+    budget = M.TimingBudget(min_reps=5, max_reps=200, warmup_ms=10.0, rep_time_ms=60.0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"triton-strategy-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"

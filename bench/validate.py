@@ -19,6 +19,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from . import configs as C
 from . import harness as H
+from . import measure as M
+from . import scoring as S
 
 
 def _inputs(case: C.ValidateCase, device, dtype, seed):
@@ -123,7 +125,7 @@ def validate_case(case: C.ValidateCase, backends: list[str], device: torch.devic
     """Records of every backend on one case (a torch.nn failure fails them all, visibly)."""
     base = {"kind": "validate", "case": case.id(), "module": case.module, "kwargs": case.kwargs,
             "T": case.T, "B": case.B, "packed": case.packed, "dtype": H.dtype_name(dtype),
-            "device": device.type, "env": H.environment(device.type)}
+            "device": device.type, "env": M.environment(device.type)}
     odt = H.oracle_dtype(dtype)
     try:
         state = H.seeded_state(case.module, case.kwargs, seed)
@@ -146,7 +148,7 @@ def validate_case(case: C.ValidateCase, backends: list[str], device: torch.devic
         rec = dict(base, provider=b, torch_ms=t_torch)
         try:
             m = H.build_module(b, case.module, case.kwargs, state, device, dtype)
-            rec["error"] = H.compare(_call(case, m, x, hx, lengths, grads), ref, dtype)
+            rec["error"] = S.compare(_call(case, m, x, hx, lengths, grads), ref, dtype)
             # The Python-loop reference is slow and its time only indicative: one call.
             rec["time_ms"] = _time(case, m, x, hx, lengths, grads, device,
                                    reps=1 if b == "reference" else 3)
@@ -159,7 +161,7 @@ def validate_case(case: C.ValidateCase, backends: list[str], device: torch.devic
 
 
 def run_validation(device: torch.device, dtypes, seed: int, sink, providers=None) -> list[dict]:
-    env = H.environment(device.type)
+    env = M.environment(device.type)
     head = (f"{'case':36s} {'dtype':8s} {'backend':9s} {'max|dout|':>9s} {'max|dgrad|':>10s} "
             f"{'error':>8s} {'tol':>6s} {'ms':>8s} {'torch ms':>8s}  ")
     print(f"\n== validation vs torch.nn on {env['device_name']} (torch {env['torch']}): "
@@ -173,7 +175,7 @@ def run_validation(device: torch.device, dtypes, seed: int, sink, providers=None
             backends = providers or H.available_providers(device, dtype, timing=False)
             # In half precision torch.nn is scored too (against itself in fp32): the bar to meet.
             backends = [b for b in backends if b != "torch"] + \
-                (["torch"] if dtype in H.HALF else [])
+                (["torch"] if dtype in S.HALF else [])
             if not backends:
                 print(f"(no rnnkernels backend available on {device.type} for "
                       f"{H.dtype_name(dtype)}: nothing to validate)", flush=True)

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 import rnnkernels
-from tests.helpers import (MODES, LayerCase, assert_close, compare_runs, cpu_backends, make_inputs,
-                           make_twins, our_class, randn, run_layer, torch_class)
+from tests.helpers import (MODES, assert_close, compare_runs, cpu_backends, make_twins, our_class,
+                           torch_class)
+from tests.layer_cases import LayerCase, make_inputs, randn, run_layer
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:LSTM with projections is not supported with oneDNN")  # torch.nn (the oracle) warns

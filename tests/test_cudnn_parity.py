@@ -16,8 +16,8 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 import rnnkernels
-from tests.helpers import (LayerInputs, copy_parameters, is_lstm, make_inputs, make_twins,
-                           parse_spec, run_cell, run_layer, our_class, torch_class, MODES, randn)
+from tests.helpers import copy_parameters, is_lstm, make_twins, our_class, torch_class, MODES
+from tests.layer_cases import LayerInputs, make_inputs, parse_spec, run_cell, run_layer, randn
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

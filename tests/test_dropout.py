@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from tests.helpers import (LayerCase, case_backend_params, compare_runs, make_inputs,
-                           make_twins, run_layer)
+from tests.helpers import case_backend_params, compare_runs, make_twins
+from tests.layer_cases import LayerCase, make_inputs, run_layer
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:LSTM with projections is not supported with oneDNN")  # torch.nn (the oracle) warns

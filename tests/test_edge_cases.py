@@ -7,7 +7,8 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnkernels
-from tests.helpers import MODES, assert_close, backend_params, make_twins
+from rnnkernels import backends
+from tests.helpers import MODES, assert_close, backend_params, cpu_backends, make_twins
 
 F32 = torch.float32
 
@@ -68,3 +69,22 @@ def test_weight_drop_parametrization_draws_the_same_masks(cls):
     for ours, ref in zip(outs[1], outs[0]):
         assert_close(ours, ref, "output under weight drop")
     assert not torch.allclose(outs[0][0], outs[0][1]), "the masks must change between calls"
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_large_outputs_are_resizable(grad):
+    """Outputs of 1 MiB and more come from the CPU backend's buffer pool; like torch's own
+    outputs they must accept resize_() (growing and shrinking)."""
+    if "cpu" not in cpu_backends(F32):
+        pytest.skip(f"the cpu backend cannot run here: {backends.why_not('cpu', 'cpu', F32)}")
+    m = rnnkernels.LSTM(64, 64, backend="cpu")
+    x = torch.randn(100, 64, 64)
+    with torch.set_grad_enabled(grad):
+        out, _ = m(x)
+    assert out.numel() * out.element_size() >= 1 << 20
+    out = out.detach()
+    keep = out.clone()
+    out.resize_(200, 64, 64)
+    assert torch.equal(out[:100], keep)
+    out.resize_(3, 5)
+    assert out.shape == (3, 5) and out.is_contiguous()

@@ -61,7 +61,7 @@ def test_time_major_round_trip_packed_and_batch_first():
     ("rnn", False, (torch.bfloat16, torch.bfloat16)),                 # act(GEMM) stays bf16
 ])
 def test_cpu_autocast_output_dtypes(cell, projected, want):
-    """torch.nn's op-by-op CPU autocast dtypes (module-level parity: tests/test_ecosystem.py)."""
+    """torch.nn's op-by-op CPU autocast dtypes (module-level parity: tests/test_autocast.py)."""
     spec = CELLS[cell]
     bf = torch.zeros(2, dtype=torch.bfloat16)
     finals = [bf for _ in spec.states]

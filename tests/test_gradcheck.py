@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from tests.helpers import LayerCase, case_backend_params, is_lstm, make_twins, randn
+from tests.helpers import case_backend_params, is_lstm, make_twins
+from tests.layer_cases import LayerCase, randn
 
 F64 = torch.float64
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
-from tests.helpers import (LayerCase, assert_close, case_backend_params, compare_runs, cpu_backends,
-                           make_inputs, make_twins, randn, run_layer)
+from tests.helpers import assert_close, case_backend_params, compare_runs, cpu_backends, make_twins
+from tests.layer_cases import LayerCase, make_inputs, randn, run_layer
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:LSTM with projections is not supported with oneDNN")  # torch.nn (the oracle) warns

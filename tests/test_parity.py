@@ -18,15 +18,15 @@ import itertools
 import pytest
 import torch
 
-from tests.helpers import (case_backend_params, compare_runs, cpu_backends, is_lstm,
-                           make_inputs, make_twins, parse_spec, randn, requested_test_backends,
-                           run_cell, run_layer)
+from tests.helpers import (case_backend_params, compare_runs, cpu_backends, is_lstm, make_twins,
+                           requested_test_backends)
+from tests.layer_cases import make_inputs, parse_spec, randn, run_cell, run_layer
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:LSTM with projections is not supported with oneDNN")  # torch.nn (the oracle) warns
 
 # Generated once by a greedy all-pairs search over the axes of AXES (+ all (mode, dtype, value)
-# triples), then frozen here so the ids stay stable. Token grammar: see helpers.parse_spec.
+# triples), then frozen here so the ids stay stable. Token grammar: see layer_cases.parse_spec.
 PAIRWISE = [
     "LSTM L3 bf nobias proj unsorted h0 T1 fp32",
     "LSTM L2 bidir proj sorted S fp32",
