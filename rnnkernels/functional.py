@@ -131,14 +131,19 @@ def _unsupported_autograd_mode(tensors) -> str | None:
 
     The scans' autograd formula is a first-order reverse scan: forward-mode AD (a dual tensor
     among the inputs) and torch.func transforms (grad, vjp, jacrev, jacfwd, jvp, vmap) need
-    more, so such calls go to torch's own RNN (see ``backends.torch_route``)."""
+    more, so such calls go to torch's own RNN (see ``backends.torch_route``). ``tensors`` is the
+    call's tensors, or a function returning them (only called while forward AD is on: reading
+    a module's parameters costs ~1 µs each, a cell step a few dozen)."""
     if torch.compiler.is_compiling():
         return None
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return "a torch.func transform (grad, vjp, jacrev, jacfwd, jvp, vmap)"
-    if fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None
-                                        for t in tensors):
-        return "forward-mode AD (dual tensors)"
+    if fwAD._current_level >= 0:
+        if callable(tensors):
+            tensors = tensors()
+        if any(isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None
+               for t in tensors):
+            return "forward-mode AD (dual tensors)"
     return None
 
 
@@ -359,7 +364,11 @@ def _one_step(cell: CellSpec, name: str, input: Tensor, states: tuple[Tensor, ..
               relu: bool = False) -> list[Tensor]:
     """A cell call is a one-layer, one-step stack: input [B,I], states [B,*] → new states."""
     params = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
-    if backends.torch_route(backend, _unsupported_autograd_mode([input, *states, *params])):
+    # One step on the CPU: torch's cell is faster than a scan call, whose cost is per call
+    # (bench/decode.py; bench/results/cpu-20261201/README.md), so `auto` takes it there.
+    cpu_step = input.device.type == "cpu"
+    if backends.torch_route(backend, _unsupported_autograd_mode([input, *states, *params]),
+                            torch_is_faster=cpu_step):
         # torch's cell functions, as torch.nn's cells call them (composite: vmap works there)
         fn = {"lstm": "lstm_cell", "gru": "gru_cell",
               "rnn": "rnn_relu_cell" if relu else "rnn_tanh_cell"}[cell.name]

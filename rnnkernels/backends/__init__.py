@@ -122,15 +122,17 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
 
-def torch_route(backend: str, unsupported_mode: str | None) -> bool:
-    """Whether a call goes to torch's own RNN: asked for by name, or under ``auto`` when the call
-    runs in an autograd mode the scans cannot differentiate (``unsupported_mode`` says which;
-    said once). A named scan backend in such a mode raises ``RuntimeError``."""
+def torch_route(backend: str, unsupported_mode: str | None, torch_is_faster: bool = False) -> bool:
+    """Whether a call goes to torch's own RNN: asked for by name; or under ``auto`` where the
+    measured plan says torch's kernel is faster (``torch_is_faster``: ``auto`` is never slower
+    than torch.nn), or when the call runs in an autograd mode the scans cannot differentiate
+    (``unsupported_mode`` says which; said once). A named scan backend in such a mode raises
+    ``RuntimeError``."""
     backend = requested(backend)
     if backend == TORCH:
         return True
     if unsupported_mode is None:
-        return False
+        return backend == "auto" and torch_is_faster
     if backend == "auto":
         _warn_once(f"rnnkernels: backend='auto' hands calls made under {unsupported_mode} to "
                    "torch's own RNN kernels (the fused scans do not support that mode)")

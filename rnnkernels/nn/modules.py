@@ -182,6 +182,19 @@ class RNN(_RNNBaseMixin, torch.nn.RNN):
 
 # ---------------------------------------------------------------------------------- the cells
 class _CellMixin(_BackendMixin):
+    def _on_torch(self, input: Tensor, hx) -> bool:
+        """Whether this call runs torch.nn's own forward (the ``torch`` route, see
+        ``backends.torch_route``): by name, under an autograd mode the scans lack, or under
+        ``auto`` on the CPU, where one step of torch's cell costs less than a scan call
+        (bench/decode.py; bench/results/cpu-20261201/README.md)."""
+        def tensors():
+            states = () if hx is None else tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+            return (input, *states, *self.parameters())
+
+        mode = RF._unsupported_autograd_mode(tensors)
+        return backends.torch_route(self.backend, mode,
+                                    torch_is_faster=input.device.type == "cpu")
+
     def _prepare(self, input: Tensor, hx, n_states: int):
         name = type(self).__name__
         if input.dim() not in (1, 2):
@@ -231,6 +244,8 @@ class LSTMCell(_CellMixin, torch.nn.LSTMCell):
     """``torch.nn.LSTMCell`` with fused kernels; same constructor plus ``backend="auto"``."""
 
     def forward(self, input: Tensor, hx=None):
+        if self._on_torch(input, hx):
+            return super().forward(input, hx)
         input, (h, c), is_batched = self._prepare(input, hx, 2)
         h, c = RF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
                             self.bias_hh, backend=self.backend)
@@ -241,6 +256,8 @@ class GRUCell(_CellMixin, torch.nn.GRUCell):
     """``torch.nn.GRUCell`` with fused kernels; same constructor plus ``backend="auto"``."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if self._on_torch(input, hx):
+            return super().forward(input, hx)
         input, (h,), is_batched = self._prepare(input, hx, 1)
         h = RF.gru_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                         backend=self.backend)
@@ -251,6 +268,8 @@ class RNNCell(_CellMixin, torch.nn.RNNCell):
     """``torch.nn.RNNCell`` (tanh or relu) with fused kernels; same constructor plus ``backend``."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if self._on_torch(input, hx):
+            return super().forward(input, hx)
         input, (h,), is_batched = self._prepare(input, hx, 1)
         if self.nonlinearity == "tanh":
             fn = RF.rnn_tanh_cell
