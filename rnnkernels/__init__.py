@@ -7,7 +7,7 @@
 Backends: "triton" (GPU), "cuda" and "cpu" (the compiled extension ``rnnkernels._C``) and
 "reference" (plain PyTorch, the test oracle); ``backend="auto"`` picks the fastest that can run.
 """
-from . import functional, ops
+from . import _dynamo_setup, functional, ops  # noqa: F401  (_dynamo_setup: see its docstring)
 from .backends import available_backends
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert
 

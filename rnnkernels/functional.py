@@ -162,10 +162,10 @@ def _torch_stack(cell: CellSpec, input: Tensor, hx: list[Tensor], params: list[T
     return tuple(result)
 
 
-@torch._dynamo.assume_constant_result
 def _resolve(backend: str, device_type: str, dtype: torch.dtype) -> str:
-    """The backend for a call. Under torch.compile it runs once at trace time and its answer is a
-    constant of the graph (it imports modules, reads the environment and may warn). It depends on
+    """The backend for a call. Marked ``assume_constant_result`` for Dynamo once Dynamo is loaded
+    (``rnnkernels/_dynamo_setup.py``): under torch.compile it runs once at trace time and its
+    answer is a constant of the graph (it imports modules, reads the environment and may warn). It depends on
     no size, so a dynamic T or B never retraces it; a backend handles any size itself (choosing
     among its own variants)."""
     return backends.resolve(backend, device_type, dtype)

@@ -122,3 +122,28 @@ def test_export_inference_model(dynamic_batch):
         if dynamic_batch:
             x5 = randn((5, 6, I), F32, 3)
             assert_all_close(flat(exported(x5)), flat(ref(x5)), "exported (B=5) vs torch.nn")
+
+
+@pytest.mark.parametrize("dynamo_first", [False, True], ids=["rnnkernels-first", "dynamo-first"])
+def test_import_does_not_load_dynamo_and_compile_still_works(dynamo_first):
+    """``import rnnkernels`` must not import torch._dynamo (over a second); what Dynamo needs
+    from us (allow_rnn, the constant backend choice) is applied when Dynamo loads, in either
+    import order, so fullgraph compilation still works. A fresh interpreter for each order."""
+    import subprocess
+    import sys
+    code = (
+        "import sys, torch\n"
+        + ("import torch._dynamo\n" if dynamo_first else "")
+        + "import rnnkernels\n"
+        + ("" if dynamo_first else
+           "assert 'torch._dynamo' not in sys.modules, 'import rnnkernels loaded Dynamo'\n")
+        + "m = rnnkernels.LSTM(3, 4, backend='reference')\n"
+        "x = torch.randn(5, 2, 3)\n"
+        "out = torch.compile(m, backend='eager', fullgraph=True)(x)[0]\n"
+        "assert torch.allclose(out, m(x)[0])\n"
+        "import torch._dynamo\n"
+        "assert torch._dynamo.config.allow_rnn\n"
+        "assert rnnkernels.functional._resolve._dynamo_marked_constant\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -20,13 +20,6 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import backends
 from .. import functional as RF
 
-# Dynamo refuses to trace any instance of torch.nn.RNN/GRU/LSTM unless this flag is set, and our
-# modules must stay subclasses of those (isinstance, state_dict, repr). Our forward is plain
-# Python around custom ops with fake impls, which Dynamo traces without graph breaks. The flag is
-# global: it also lets Dynamo trace torch.nn's own RNNs instead of graph-breaking on them.
-torch._dynamo.config.allow_rnn = True
-
-
 class HiddenStateError(TypeError, RuntimeError, IndexError, AttributeError):
     """A malformed ``hx`` (wrong container, wrong number of states).
 
