@@ -3,7 +3,7 @@
 ``lstm``, ``gru``, ``rnn_tanh`` and ``rnn_relu`` take the same arguments as torch's
 ``torch._VF.lstm`` / ``gru`` / ``rnn_*`` (a flat parameter list in torch's order and layout) plus a
 keyword ``backend``; they return ``(output, h_n[, c_n])``. For each layer and direction, the input
-projection of ALL steps is one GEMM (``F.linear``), and only the recurrence goes to the custom op
+projection of ALL steps is one GEMM (``projection.py``), and only the recurrence goes to the custom op
 (``torch.ops.rnnkernels.*_scan``), on the backend chosen by ``rnnkernels.backends.resolve``.
 
 Packed input is passed as (data [N, I], batch_sizes) and handled as padded [T, B, I] plus
@@ -31,6 +31,7 @@ from torch import Tensor
 
 from . import backends, ops
 from .cells import CELLS, CellSpec
+from .projection import input_projection
 
 __all__ = ["lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell",
            "rnn_relu_cell"]
@@ -151,82 +152,41 @@ def _torch_stack(cell: CellSpec, input: Tensor, hx: list[Tensor], params: list[T
                  has_biases: bool, num_layers: int, dropout: float, train: bool,
                  bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None, relu: bool):
     """The whole call on torch's own RNN (``torch._VF``), exactly what torch.nn runs."""
-    name = {"lstm": "lstm", "gru": "gru", "rnn": "rnn_relu" if relu else "rnn_tanh"}[cell.name]
+    fn = _torch_fn(cell, relu, step=False)
     states = tuple(hx) if len(cell.states) > 1 else hx[0]
     if batch_sizes is not None:
-        result = getattr(torch._VF, name)(input, batch_sizes, states, params, has_biases,
-                                          num_layers, dropout, train, bidirectional)
+        result = fn(input, batch_sizes, states, params, has_biases, num_layers, dropout, train,
+                    bidirectional)
     else:
-        result = getattr(torch._VF, name)(input, states, params, has_biases, num_layers,
-                                          dropout, train, bidirectional, batch_first)
+        result = fn(input, states, params, has_biases, num_layers, dropout, train, bidirectional,
+                    batch_first)
     return tuple(result)
 
 
+def _torch_fn(cell: CellSpec, relu: bool, step: bool):
+    """torch's own function for a cell: the layer (``torch._VF.lstm``) or one step
+    (``lstm_cell``), as torch.nn calls them."""
+    name = "rnn_relu" if cell.name == "rnn" and relu else \
+        "rnn_tanh" if cell.name == "rnn" else cell.name
+    return getattr(torch._VF, f"{name}_cell" if step else name)
+
+
+def cell_on_torch(backend: str, device_type: str, tensors) -> bool:
+    """Whether a one-step cell call runs torch's own cell (``backends.torch_route``): by name,
+    in an autograd mode the scans lack, or under ``auto`` on the CPU, where one step of torch's
+    cell costs less than a scan call, whose cost is per call (bench/decode.py;
+    bench/results/cpu-20261201/README.md). ``tensors``: as ``_unsupported_autograd_mode``."""
+    return backends.torch_route(backend, _unsupported_autograd_mode(tensors),
+                                torch_is_faster=device_type == "cpu")
+
+
 def _resolve(backend: str, device_type: str, dtype: torch.dtype) -> str:
-    """The backend for a call. Marked ``assume_constant_result`` for Dynamo once Dynamo is loaded
+    """The backend for a call. Marked ``assume_constant_result`` once Dynamo is loaded
     (``rnnkernels/_dynamo_setup.py``): under torch.compile it runs once at trace time and its
-    answer is a constant of the graph (it imports modules, reads the environment and may warn). It depends on
-    no size, so a dynamic T or B never retraces it; a backend handles any size itself (choosing
-    among its own variants)."""
+    answer is a constant of the graph (it imports modules, reads the environment and may warn).
+    It depends on no size, so a dynamic T or B never retraces it; a backend handles any size
+    itself (choosing among its own variants)."""
     return backends.resolve(backend, device_type, dtype)
-
-
-# ------------------------------------------------------------------------------ one direction
-_ONEDNN_LINEAR = None      # torch.ops.mkldnn._linear_pointwise, once known to work here
-
-
-def _onednn_linear():
-    global _ONEDNN_LINEAR
-    if _ONEDNN_LINEAR is None:
-        op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-        ok = op is not None and torch.backends.mkldnn.is_available()
-        if ok:
-            try:   # probe once: a build may list the op without a kernel for this CPU
-                a = torch.ones(2, 3)
-                ok = bool(torch.equal(op(a, torch.ones(4, 3), torch.ones(4), "none", [], ""),
-                                      torch.full((2, 4), 4.0)))
-            except Exception:  # noqa: BLE001 - any failure: fall back to F.linear for good
-                ok = False
-        _ONEDNN_LINEAR = op if ok else False
-    return _ONEDNN_LINEAR
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """x·Wᵀ + b, x [N, I]: oneDNN's GEMM forward; the backward is F.linear's (the same MKL mm
-    calls autograd would make: dx = g·W, dW = gᵀ·x, db = Σ g)."""
-
-    @staticmethod
-    def forward(x, w, b):
-        return _onednn_linear()(x, w, b, "none", [], "")
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):   # the torch.func-compatible form
-        x, w, b = inputs
-        ctx.save_for_backward(x, w)
-        ctx.has_bias = b is not None
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        gx = g.mm(w) if ctx.needs_input_grad[0] else None
-        gw = g.t().mm(x) if ctx.needs_input_grad[1] else None
-        gb = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb
-
-
-def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
-    """xp = x·W_ihᵀ + bias for all steps at once, [T, B, G·H] contiguous.
-
-    On the CPU in float32 this is oneDNN's GEMM (``mkldnn._linear_pointwise``, the one torch's
-    own inference uses), faster than ``F.linear`` on the 3-D input (MKL, plus a copy of the
-    broadcast bias into the output first): bench/results/cpu-20261126/README.md. Anywhere else
-    (GPU, other dtypes, small inputs, torch.compile, which cannot trace that op) ``F.linear``."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and w_ih.dtype == torch.float32
-            and (bias is None or bias.dtype == torch.float32) and x.numel() >= 1 << 16
-            and not torch.compiler.is_compiling() and _onednn_linear()):
-        T, B, I = x.shape
-        return _OneDNNLinear.apply(x.reshape(T * B, I), w_ih, bias).view(T, B, -1)
-    return F.linear(x, w_ih, bias).contiguous()
 
 
 def _layer_weights(cell: CellSpec, p: list[Tensor], has_biases: bool):
@@ -260,7 +220,7 @@ def _run_layers(cell: CellSpec, x: Tensor, hx: list[Tensor], params: list[Tensor
             k = layer * dirs + d
             w_ih, w_hh, bias, b_hn, w_hr = _layer_weights(cell, params[k * per:(k + 1) * per],
                                                           has_biases)
-            xp = _input_projection(layer_in, w_ih, bias)
+            xp = input_projection(layer_in, w_ih, bias)
             out, states = scan(xp, tuple(h[k].contiguous() for h in hx), w_hh, w_hr, b_hn,
                                lengths, d == 1, relu, backend)
             outs.append(out)
@@ -364,16 +324,10 @@ def _one_step(cell: CellSpec, name: str, input: Tensor, states: tuple[Tensor, ..
               relu: bool = False) -> list[Tensor]:
     """A cell call is a one-layer, one-step stack: input [B,I], states [B,*] → new states."""
     params = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
-    # One step on the CPU: torch's cell is faster than a scan call, whose cost is per call
-    # (bench/decode.py; bench/results/cpu-20261201/README.md), so `auto` takes it there.
-    cpu_step = input.device.type == "cpu"
-    if backends.torch_route(backend, _unsupported_autograd_mode([input, *states, *params]),
-                            torch_is_faster=cpu_step):
-        # torch's cell functions, as torch.nn's cells call them (composite: vmap works there)
-        fn = {"lstm": "lstm_cell", "gru": "gru_cell",
-              "rnn": "rnn_relu_cell" if relu else "rnn_tanh_cell"}[cell.name]
-        result = getattr(torch._VF, fn)(input, states if len(states) > 1 else states[0], w_ih,
-                                        w_hh, b_ih, b_hh)
+    if cell_on_torch(backend, input.device.type, [input, *states, *params]):
+        # torch's cell function, as torch.nn's cells call it (composite: vmap works there)
+        result = _torch_fn(cell, relu, step=True)(
+            input, states if len(states) > 1 else states[0], w_ih, w_hh, b_ih, b_hh)
         return list(result) if len(states) > 1 else [result]
     _, *finals = _stack(cell, name, input.unsqueeze(0), [h[None] for h in states], params,
                         b_ih is not None, 1, 0.0, False, False, False, None, backend, relu)

@@ -245,20 +245,20 @@ def test_requested_backends_are_available():
 @pytest.mark.parametrize("spec", ["LSTM L2 bidir h0 S fp32", "GRU L2 bidir h0 S fp32",
                                   "RNN_TANH L2 bidir nobias h0 S fp32"])
 def test_parity_through_the_onednn_projection(spec, backend, monkeypatch):
-    """Inputs of >= 2^16 elements take the oneDNN GEMM for x·W_ihᵀ + b (functional.py), with its
+    """Inputs of >= 2^16 elements take the oneDNN GEMM for x·W_ihᵀ + b (projection.py), with its
     own backward; train and no_grad must still match torch.nn (all grads, bias included)."""
     if backend not in cpu_backends():
         pytest.skip(f"backend {backend!r} not available")
-    from rnnkernels import functional
+    from rnnkernels import projection
     import dataclasses
     case = parse_spec(spec)
     case = dataclasses.replace(case, T=40, B=33, I=50, H=25)   # layer 2 reads 2H = 50
     assert case.T * case.B * case.I >= 1 << 16
-    op = functional._onednn_linear()
+    op = projection._onednn_linear()
     if not op:
         pytest.skip("oneDNN's linear is not available in this torch")
     calls = []
-    monkeypatch.setattr(functional, "_ONEDNN_LINEAR", lambda *a: calls.append(1) or op(*a))
+    monkeypatch.setattr(projection, "_ONEDNN_LINEAR", lambda *a: calls.append(1) or op(*a))
     ref_mod, our_mod = make_twins(case.mode, backend, case.dtype, seed=5, **case.ctor())
     inputs = make_inputs(case, seed=9)
     compare_runs(run_layer(our_mod, case, inputs), run_layer(ref_mod, case, inputs), "train")

@@ -176,17 +176,12 @@ class RNN(_RNNBaseMixin, torch.nn.RNN):
 # ---------------------------------------------------------------------------------- the cells
 class _CellMixin(_BackendMixin):
     def _on_torch(self, input: Tensor, hx) -> bool:
-        """Whether this call runs torch.nn's own forward (the ``torch`` route, see
-        ``backends.torch_route``): by name, under an autograd mode the scans lack, or under
-        ``auto`` on the CPU, where one step of torch's cell costs less than a scan call
-        (bench/decode.py; bench/results/cpu-20261201/README.md)."""
+        """Whether this call runs torch.nn's own forward (``functional.cell_on_torch``)."""
         def tensors():
             states = () if hx is None else tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
             return (input, *states, *self.parameters())
 
-        mode = RF._unsupported_autograd_mode(tensors)
-        return backends.torch_route(self.backend, mode,
-                                    torch_is_faster=input.device.type == "cpu")
+        return RF.cell_on_torch(self.backend, input.device.type, tensors)
 
     def _prepare(self, input: Tensor, hx, n_states: int):
         name = type(self).__name__
