@@ -3,8 +3,9 @@
 ``lstm``, ``gru``, ``rnn_tanh`` and ``rnn_relu`` take the same arguments as torch's
 ``torch._VF.lstm`` / ``gru`` / ``rnn_*`` (a flat parameter list in torch's order and layout) plus a
 keyword ``backend``; they return ``(output, h_n[, c_n])``. For each layer and direction, the input
-projection of ALL steps is one GEMM (``projection.py``), and only the recurrence goes to the custom op
-(``torch.ops.rnnkernels.*_scan``), on the backend chosen by ``rnnkernels.backends.resolve``.
+projection of ALL steps is one GEMM (``projection.py``), and only the recurrence goes to the
+custom op (``torch.ops.rnnkernels.*_scan``), on the backend chosen by
+``rnnkernels.backends.resolve``.
 
 Packed input is passed as (data [N, I], batch_sizes) and handled as padded [T, B, I] plus
 per-sequence lengths, so every backend sees one layout. Inter-layer dropout is applied to each

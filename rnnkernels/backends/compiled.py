@@ -171,15 +171,13 @@ def _fake_forward(cell):
 
 
 def _fake_backward(cell):
-    # (grad_out, grad_hn[, grad_cn], h0[, c0], w_hh[, w_hr | b_hn], ...) in the schema's order
-    first_state = 1 + len(cell.states)
-    n_init = len(cell.states)
+    # the schema's order: grad_out, grad_<state>n per state, <state>0 per state, w_hh, then
+    # (a projection cell) w_hr, ...
+    n = len(cell.states)
 
-    def fake(grad_out, *args):
-        h0 = args[first_state - 1]
-        w_hh = args[first_state - 1 + n_init]
-        w_hr = args[first_state + n_init] if cell.projection else None
-        return cell.fake_backward(grad_out, h0, w_hh, w_hr)
+    def fake(*args):
+        w_hr = args[2 + 2 * n] if cell.projection else None
+        return cell.fake_backward(args[0], args[1 + n], args[1 + 2 * n], w_hr)
     return fake
 
 
