@@ -2,8 +2,9 @@
 
 This is the oracle every kernel is tested against, written independently of the kernels' shared
 gate math (``csrc/include/rnnkernels/cell_math.h``, ``backends/triton/cell.py``) so that it can
-catch a mistake they share. (Only shapes come from ``rnnkernels/cells.py``.) It follows the backend contract in ``docs/BACKENDS.md``: time order,
-per-sequence lengths with a frozen state after the end, reverse within each sequence's own length.
+catch a mistake they share (only shapes come from ``rnnkernels/cells.py``). It follows the
+backend contract in ``docs/BACKENDS.md``: time order, per-sequence lengths with a frozen state
+after the end, reverse within each sequence's own length.
 
 Half inputs are computed in float32 (state and accumulation), cast on store; float32 and float64
 are computed in their own precision. The backward is the hand-written reverse scan (not autograd
