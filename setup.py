@@ -68,7 +68,9 @@ def _extension():
     with_cuda = (torch.version.cuda is not None and nvcc is not None and os.path.exists(nvcc)
                  and not _flag("RNNKERNELS_NO_CUDA"))
 
-    sources = (_rel("python/ext.cpp") + _rel("python/cpu_ops.cpp") + _rel("python/cpu_pool.cpp")
+    # Every python/*.cpp but the CUDA bridge (added below when CUDA is built), so a new binding
+    # file is picked up without touching this list.
+    sources = ([p for p in _rel("python/*.cpp") if p != os.path.join("python", "cuda_ops.cpp")]
                + _rel("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc"),
                     os.path.join(ROOT, "python")]
