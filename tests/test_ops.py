@@ -160,8 +160,8 @@ def test_opcheck_scan_inference(v, backend):
 # included); here two complementary rows (every value of every axis) keep the runtime down.
 @pytest.mark.parametrize("v,dtype,lengths,reverse,backend", _cover_params(FULL_ROWS))
 def test_opcheck_scan_backward(v, dtype, lengths, reverse, backend):
-    """The backward op (no autograd of its own: double backward is not supported, so its
-    inputs do not require grad)."""
+    """The backward op (no autograd of its own: a double backward runs the reference's
+    differentiable backward instead, so its inputs do not require grad)."""
     op = getattr(OPS, f"{v.cell}_scan_backward")
     torch.library.opcheck(op, backward_args(v, dtype, lengths, reverse, backend))
 

@@ -9,6 +9,12 @@ after the end, reverse within each sequence's own length.
 Half inputs are computed in float32 (state and accumulation), cast on store; float32 and float64
 are computed in their own precision. The backward is the hand-written reverse scan (not autograd
 through the loop), so gradient checks of the op test the backward formulas themselves.
+
+The backward is also what makes the scans twice differentiable: it is written in differentiable
+PyTorch ops of the saved tensors, and it accepts gradients on the workspaces (``grad_gates``,
+``grad_cs`` / ``grad_hn_lin``: the vector-Jacobian product of the whole forward, workspaces
+included). The ops run it, whatever the backend, when a backward must itself be differentiated
+(``create_graph=True``, then its gradients' own backward): see ``ops/_common.py``.
 """
 from __future__ import annotations
 
@@ -72,6 +78,16 @@ def _start(cell: str, seq: torch.Tensor, dtype: torch.dtype, w_hh: torch.Tensor,
             _Schedule(T, B, lengths, reverse, seq.device), w_hh.to(acc))
 
 
+def _extra(grad_ws, sched: _Schedule, s: int, acc: torch.dtype, chunks: int = 0):
+    """A workspace's incoming gradient at step s, zero where the sequence has ended (there the
+    workspace is a constant 0); split into its gate blocks when ``chunks`` is given. 0 (or
+    ``chunks`` zeros) without one: the plain backward."""
+    if grad_ws is None:
+        return (0.0,) * chunks if chunks else 0.0
+    g = torch.where(sched.active[s][:, None], sched.gather(grad_ws, s).to(acc), 0.0)
+    return g.chunk(chunks, dim=1) if chunks else g
+
+
 # ----------------------------------------------------------------------------------------- LSTM
 def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
     T, B, H, acc, sched, W = _start("lstm", xp, xp.dtype, w_hh, lengths, reverse)
@@ -97,7 +113,8 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
     return out, h.to(xp.dtype), c.to(xp.dtype), gates_ws, cs_ws
 
 
-def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out, gates, cs):
+def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, reverse, out, gates, cs,
+                  *, grad_gates=None, grad_cs=None):
     dt = h0.dtype
     T, B, H, acc, sched, W = _start("lstm", grad_out, dt, w_hh, lengths, reverse)
     G = w_hh.shape[0]
@@ -122,11 +139,12 @@ def lstm_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, rever
         else:
             dhh = dh_t
         tc = torch.tanh(c_t)
-        dc_t = dc + dhh * o * (1 - tc * tc)
-        di = dc_t * u * i * (1 - i)
-        df = dc_t * c_prev * f * (1 - f)
-        du = dc_t * i * (1 - u * u)
-        do = dhh * tc * o * (1 - o)
+        dc_t = dc + dhh * o * (1 - tc * tc) + _extra(grad_cs, sched, s, acc)
+        g_i, g_f, g_u, g_o = _extra(grad_gates, sched, s, acc, chunks=4)
+        di = (dc_t * u + g_i) * i * (1 - i)
+        df = (dc_t * c_prev + g_f) * f * (1 - f)
+        du = (dc_t * i + g_u) * (1 - u * u)
+        do = (dhh * tc + g_o) * o * (1 - o)
         dg = torch.cat([di, df, du, do], dim=1)
         sched.scatter(dxp, s, dg)
         dh = torch.where(act, dg @ W, dh)
@@ -157,24 +175,35 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
     return out, h.to(xp.dtype), gates_ws, hn_ws
 
 
-def gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin):
+def gru_backward(grad_out, grad_hn, h0, w_hh, b_hn, lengths, reverse, out, gates, hn_lin,
+                 *, grad_gates=None, grad_hn_lin=None):
+    """dxp, dh0 and, only with ``grad_hn_lin`` given, d(hn_lin) [T,B,H]: the total gradient of
+    h·W_hnᵀ + b_hn (the ops otherwise rebuild it as dn ⊙ r from dxp)."""
     dt = h0.dtype
     T, B, H, acc, sched, W = _start("gru", grad_out, dt, w_hh, lengths, reverse)
     G = w_hh.shape[0]
     dh = grad_hn.to(acc)
     dxp = torch.zeros((T, B, G), dtype=dt, device=h0.device)
+    dhn_all = None if grad_hn_lin is None else torch.zeros((T, B, H), dtype=acc,
+                                                          device=h0.device)
     for s in range(T - 1, -1, -1):
         act = sched.active[s][:, None]
         gts = sched.gather(gates, s)
         r, z, n = gts[:, :H], gts[:, H:2 * H], gts[:, 2 * H:]
         h_prev = sched.gather(out, s - 1).to(acc) if s > 0 else h0.to(acc)
         dh_t = dh + sched.gather(grad_out, s).to(acc)
-        dn = dh_t * (1 - z) * (1 - n * n)           # d(a_n + r*bh_n)
-        dz = dh_t * (h_prev - n) * z * (1 - z)
-        dr = dn * sched.gather(hn_lin, s) * r * (1 - r)
+        g_r, g_z, g_n = _extra(grad_gates, sched, s, acc, chunks=3)
+        dn = (dh_t * (1 - z) + g_n) * (1 - n * n)           # d(a_n + r*bh_n)
+        dz = (dh_t * (h_prev - n) + g_z) * z * (1 - z)
+        dr = (dn * sched.gather(hn_lin, s) + g_r) * r * (1 - r)
         sched.scatter(dxp, s, torch.cat([dr, dz, dn], dim=1))
-        dgh = torch.cat([dr, dz, dn * r], dim=1)
+        dhn = dn * r + _extra(grad_hn_lin, sched, s, acc)
+        if dhn_all is not None:
+            sched.scatter(dhn_all, s, dhn)
+        dgh = torch.cat([dr, dz, dhn], dim=1)
         dh = torch.where(act, dgh @ W + dh_t * z, dh)
+    if dhn_all is not None:
+        return dxp, dh.to(dt), dhn_all
     return dxp, dh.to(dt)
 
 

@@ -63,17 +63,33 @@ def check_saved(ctx, op: str) -> None:
                            "it cannot be differentiated")
 
 
+def differentiable_backward(*workspace_grads) -> bool:
+    """Whether this backward runs the reference's reverse scan instead of the backend's.
+
+    Two cases need it, both only when gradients of gradients are taken: the backward runs under
+    ``create_graph=True`` (grad mode is on inside it), so its result must be differentiable; or
+    gradients arrive on the workspaces (the second pass of a double backward differentiates the
+    first pass's reverse scan, which reads them). The reference backward is written in
+    differentiable PyTorch ops of the saved tensors and accepts workspace gradients, on any
+    device; the fused kernels do neither. Plain first-order training never takes this path."""
+    return torch.is_grad_enabled() or any(g is not None for g in workspace_grads)
+
+
+def reference():
+    from ..backends import reference as ref
+    return ref
+
+
 def forbid_double_backward(backward_op, forward_name: str) -> None:
     """Give a ``*_scan_backward`` op an autograd formula that says clearly why it has none.
 
-    First-order gradients under ``create_graph=True`` still work (they merely carry this node);
-    differentiating them again needs the forward's pre-activations, which the scans do not
-    keep. torch's own RNN (backend="torch") is twice differentiable on the CPU."""
+    The scans' autograd never differentiates this op (under ``create_graph=True`` it runs the
+    reference's differentiable backward instead, see ``differentiable_backward``); a direct
+    caller of the op gets this error rather than a silently zero gradient."""
     def backward(ctx, *grads):
-        raise RuntimeError(f"rnnkernels: double backward (a gradient of a gradient) through "
-                           f"{forward_name} is not supported by the fused scans; run the module "
-                           "with backend='torch' (torch's own RNN kernels) for higher-order "
-                           "gradients")
+        raise RuntimeError(f"rnnkernels: the backward op of {forward_name} is not itself "
+                           "differentiable (double backward through the module works: it runs "
+                           "the reference backward under create_graph=True)")
 
     backward_op.register_autograd(backward, setup_context=lambda ctx, inputs, output: None)
 

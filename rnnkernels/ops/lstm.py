@@ -22,8 +22,13 @@ CELL = CELLS["lstm"]
 def lstm_scan(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None,
               lengths: Tensor | None, reverse: bool, save: bool, backend: str
               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """xp [T,B,4H], h0 [B,P], c0 [B,H], w_hh [4H,P], w_hr [P,H]|None, lengths [B]|None →
-    out [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H] and cs [T,B,H] (workspaces for backward)."""
+    """The LSTM recurrence of one layer and direction, after the input projection.
+
+    xp [T,B,4H] (x_t·W_ihᵀ + b_ih + b_hh of every step), h0 [B,P], c0 [B,H], w_hh [4H,P],
+    w_hr [P,H] or None (no projection), lengths [B] int64 or None (all T), ``reverse`` (run
+    backwards within each length), ``save`` (keep the workspaces for backward), ``backend`` (a
+    concrete backend's name) → out [T,B,P], h_n [B,P], c_n [B,H] and the workspaces
+    gates [T,B,4H], cs [T,B,H] (may be empty when not saved). Semantics: docs/BACKENDS.md."""
     return tuple(C.call_backend(backend, "lstm_forward", xp, h0, c0, w_hh, w_hr, lengths,
                                 reverse, save))
 
@@ -38,7 +43,10 @@ def lstm_scan_backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, h0: T
                        w_hh: Tensor, w_hr: Tensor | None, lengths: Tensor | None, reverse: bool,
                        backend: str, out: Tensor, gates: Tensor, cs: Tensor
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The reverse scan: dxp [T,B,4H], dh0 [B,P], dc0 [B,H], dh [T,B,P] (empty without w_hr)."""
+    """The LSTM's reverse scan: the sequential part of ``lstm_scan``'s backward.
+
+    From the gradients of out, h_n, c_n and the forward's inputs, output and workspaces:
+    dxp [T,B,4H], dh0 [B,P], dc0 [B,H], dh [T,B,P] (empty without w_hr). docs/BACKENDS.md."""
     if C.empty_batch(grad_out):
         return CELL.fake_backward(grad_out, h0, w_hh, w_hr)
     return tuple(C.call_backend(backend, "lstm_backward", grad_out, grad_hn, grad_cn, h0, c0,
@@ -54,16 +62,21 @@ def _setup_context(ctx, inputs, output):
     xp, h0, c0, w_hh, w_hr, lengths, reverse, save, backend = inputs
     out, _, _, gates, cs = output
     C.setup_common(ctx, reverse, backend, save)
+    # gates and cs stay differentiable outputs: a double backward sends gradients to them.
     ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, out, gates, cs)
-    ctx.mark_non_differentiable(gates, cs)
 
 
-def _backward(ctx, grad_out, grad_hn, grad_cn, _g_gates, _g_cs):
+def _backward(ctx, grad_out, grad_hn, grad_cn, grad_gates, grad_cs):
     C.check_saved(ctx, "lstm_scan")
     h0, c0, w_hh, w_hr, lengths, out, gates, cs = ctx.saved_tensors
     grad_out, grad_hn, grad_cn = C.dense(grad_out, out), C.dense(grad_hn, h0), C.dense(grad_cn, c0)
-    dxp, dh0, dc0, dh = lstm_scan_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr,
-                                           lengths, ctx.reverse, ctx.backend, out, gates, cs)
+    if C.differentiable_backward(grad_gates, grad_cs):
+        dxp, dh0, dc0, dh = C.reference().lstm_backward(
+            grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths, ctx.reverse, out, gates, cs,
+            grad_gates=grad_gates, grad_cs=grad_cs)
+    else:
+        dxp, dh0, dc0, dh = lstm_scan_backward(grad_out, grad_hn, grad_cn, h0, c0, w_hh, w_hr,
+                                               lengths, ctx.reverse, ctx.backend, out, gates, cs)
     h_prev = C.previous_states(out, h0, lengths, ctx.reverse)
     dw_hh = C.sum_over_steps(dxp, h_prev, w_hh.dtype) if ctx.needs_input_grad[3] else None
     dw_hr = None

@@ -17,7 +17,11 @@ CELL = CELLS["rnn"]
 @torch.library.custom_op("rnnkernels::rnn_scan", mutates_args=())
 def rnn_scan(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool,
              relu: bool, save: bool, backend: str) -> tuple[Tensor, Tensor]:
-    """xp [T,B,H], h0 [B,H], w_hh [H,H], lengths [B]|None → out [T,B,H], h_n [B,H]."""
+    """The Elman recurrence of one layer and direction, after the input projection.
+
+    xp [T,B,H] (x_t·W_ihᵀ + b_ih + b_hh of every step), h0 [B,H], w_hh [H,H], lengths [B]
+    int64 or None (all T), ``reverse``, ``relu`` (else tanh), ``save``, ``backend`` (as
+    ``lstm_scan``) → out [T,B,H], h_n [B,H]. Semantics: docs/BACKENDS.md."""
     return tuple(C.call_backend(backend, "rnn_forward", xp, h0, w_hh, lengths, reverse, relu,
                                 save))
 
@@ -31,7 +35,10 @@ def _(xp, h0, w_hh, lengths, reverse, relu, save, backend):
 def rnn_scan_backward(grad_out: Tensor, grad_hn: Tensor, h0: Tensor, w_hh: Tensor,
                       lengths: Tensor | None, reverse: bool, relu: bool, backend: str,
                       out: Tensor) -> tuple[Tensor, Tensor]:
-    """The reverse scan: dxp [T,B,H], dh0 [B,H]."""
+    """The Elman RNN's reverse scan: the sequential part of ``rnn_scan``'s backward.
+
+    From the gradients of out, h_n and the forward's inputs and output: dxp [T,B,H],
+    dh0 [B,H]. docs/BACKENDS.md."""
     if C.empty_batch(grad_out):
         return CELL.fake_backward(grad_out, h0, w_hh)
     return tuple(C.call_backend(backend, "rnn_backward", grad_out, grad_hn, h0, w_hh, lengths,
@@ -54,8 +61,12 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out, grad_hn):
     h0, w_hh, lengths, out = ctx.saved_tensors
     grad_out, grad_hn = C.dense(grad_out, out), C.dense(grad_hn, h0)
-    dxp, dh0 = rnn_scan_backward(grad_out, grad_hn, h0, w_hh, lengths, ctx.reverse, ctx.relu,
-                                 ctx.backend, out)
+    if C.differentiable_backward():
+        dxp, dh0 = C.reference().rnn_backward(grad_out, grad_hn, h0, w_hh, lengths, ctx.reverse,
+                                              ctx.relu, out)
+    else:
+        dxp, dh0 = rnn_scan_backward(grad_out, grad_hn, h0, w_hh, lengths, ctx.reverse, ctx.relu,
+                                     ctx.backend, out)
     dw_hh = None
     if ctx.needs_input_grad[2]:
         dw_hh = C.sum_over_steps(dxp, C.previous_states(out, h0, lengths, ctx.reverse), w_hh.dtype)
