@@ -5,9 +5,9 @@ PY      ?= python3
 VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 # Without a GPU take the CPU build that lies on this machine's disk; an unpinned torch would pull
-# several GB of CUDA wheels. With a GPU, any torch >= 2.4 (the package's own requirement).
+# several GB of CUDA wheels. With a GPU, any torch >= 2.11 (the package's own requirement).
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
-TORCH   ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
+TORCH   ?= $(if $(HAS_GPU),torch>=2.11,torch==2.13.0)
 EXT_SRC := $(shell find csrc python -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 PYTEST_ARGS ?=
 BENCH_ARGS  ?= $(if $(HAS_GPU),,--quick)
@@ -23,10 +23,13 @@ $(VENV)/.deps: requirements-dev.txt
 	$(VPY) -m pip install -q -r requirements-dev.txt "$(TORCH)"
 	touch $@
 
-# The package in editable mode; rebuilds the C++/CUDA extension when its sources change.
-$(VENV)/.ext: $(VENV)/.deps setup.py $(EXT_SRC)
+# The package in editable mode; builds the C++/CUDA extension ahead of time (with this venv's
+# torch, hence --no-build-isolation) and again when its sources or build steps change; the check
+# after it fails unless that prebuilt extension loads. A user's `pip install .` builds it on first
+# use instead (README, "Install").
+$(VENV)/.ext: $(VENV)/.deps setup.py pyproject.toml rnnkernels/backends/build_spec.py $(EXT_SRC)
 	RNNKERNELS_REQUIRE_EXT=1 $(VPY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(VPY) -c "import rnnkernels, rnnkernels.backends.compiled as e; print('rnnkernels', rnnkernels.__version__, '| extension:', 'built' if e.AVAILABLE else 'NOT available: ' + str(e.ERROR))"
+	RNNKERNELS_NO_JIT=1 $(VPY) -c "import rnnkernels, rnnkernels.backends.compiled as e; i = e.build_info(); assert i, e.ERROR; print('rnnkernels', rnnkernels.__version__, '| extension built by', i['built_by'], 'for torch', i['torch'], '| ISA', i['isa'])"
 	touch $@
 
 test: venv
@@ -42,4 +45,4 @@ ctest:
 	bash .ci/compile_cuda.sh
 
 clean:
-	rm -rf build *.egg-info rnnkernels/*.so .pytest_cache
+	rm -rf build dist *.egg-info rnnkernels/*.so rnnkernels/_build_info.json .pytest_cache

@@ -184,6 +184,7 @@ def test_opcheck(op, cell):
 
 def test_package_imports_without_the_extension():
     """A missing/broken rnnkernels._C leaves the package importable; both backends say why."""
+    import os
     import subprocess
     import sys
     code = ("import sys, torch; sys.modules['rnnkernels._C'] = None\n"
@@ -196,7 +197,9 @@ def test_package_imports_without_the_extension():
             "    ext.cpu.rnn_forward(None, None, None, None, False, False, True)\n"
             "except RuntimeError as e:\n"
             "    print('raised', e)\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # RNNKERNELS_NO_JIT: with _C blocked the package would otherwise build its own on first use.
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RNNKERNELS_NO_JIT": "1"})
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert "not available" in lines[0] and "not available" in lines[1]

@@ -1,18 +1,22 @@
 """The compiled backends ``cpu`` and ``cuda``: thin wrappers over ``torch.ops.rnnkernels_C``.
 
-The extension ``rnnkernels._C`` (built by ``setup.py`` from ``csrc/`` and ``python/``) registers
-the six functions of the backend contract (``docs/BACKENDS.md``) as torch ops in the namespace
-``rnnkernels_C``, with a CPU and, when built with CUDA, a CUDA implementation. This module loads
-it and exposes two backend objects with the contract's signatures::
+The extension (built from ``csrc/`` and ``python/``) registers the six functions of the backend
+contract (``docs/BACKENDS.md``) as torch ops in the namespace ``rnnkernels_C``, with a CPU and,
+when built with CUDA, a CUDA implementation. This module exposes two backend objects with the
+contract's signatures::
 
     >>> from rnnkernels.backends import compiled as ext
     >>> ext.AVAILABLE, ext.cpu.NAME
     (True, 'cpu')
     >>> out, h_n, c_n, gates, cs = ext.cpu.lstm_forward(xp, h0, c0, w_hh, None, None, False, True)
 
-If the extension cannot be imported (not built, or built against another torch), the package
-still imports: ``AVAILABLE`` is False, ``ERROR`` says why, and ``supports()`` of both backends
-returns that reason so ``backend="auto"`` routes elsewhere.
+The extension is loaded lazily, the first time it is needed (a backend's ``supports()``,
+``AVAILABLE``, ``build_info()``...), never at ``import rnnkernels``: ``jit_build.load()`` imports
+the prebuilt ``rnnkernels._C`` when it was built for the running torch, else builds it for this
+torch on first use (1-2 min, cached; ``RNNKERNELS_NO_JIT=1`` turns that off). When neither works
+the package still runs: ``AVAILABLE`` is False, ``ERROR`` says why and what to do, and
+``supports()`` of both backends returns that reason, so ``backend="auto"`` routes elsewhere (and
+says so once) while ``backend="cpu"`` raises it.
 
 Process-wide switches (mostly for tests and benchmarks), see ``set_option``:
 ``cpu_path`` = auto | gemm | fused, ``cuda_path`` = auto | step | persistent,
@@ -21,19 +25,52 @@ Process-wide switches (mostly for tests and benchmarks), see ``set_option``:
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
 from ..cells import CELLS
+from . import jit_build
 
-try:
-    from .. import _C  # noqa: F401  (loading it registers torch.ops.rnnkernels_C.*)
-    AVAILABLE = True
-    ERROR = None
-except Exception as exc:  # ImportError, or an undefined symbol from a torch version mismatch
-    AVAILABLE = False
-    ERROR = (f"{type(exc).__name__}: {exc} (build it with "
-             "`pip install -v --no-build-isolation -e .`; the output says why it was not built)")
+_loaded: jit_build.Loaded | None = None
+_load_lock = threading.Lock()
+
+
+def _load() -> jit_build.Loaded:
+    """Load the extension once per process (thread-safe; a failure is remembered too)."""
+    global _loaded
+    if _loaded is None:
+        with _load_lock:
+            if _loaded is None:
+                loaded = jit_build.load()
+                if loaded.error is None:
+                    _register_fakes()
+                _loaded = loaded
+    return _loaded
+
+
+def __getattr__(name: str):
+    """``AVAILABLE`` (whether the extension is loaded) and ``ERROR`` (why not, or None): module
+    attributes computed on first access, which loads the extension."""
+    if name == "AVAILABLE":
+        return _load().error is None
+    if name == "ERROR":
+        return _load().error
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_info() -> dict | None:
+    """How the loaded extension was built (loading it first, which may build it), or None when it
+    is unavailable (``ERROR`` says why). Keys: ``torch`` and ``cuda`` (versions it was built for;
+    cuda None for a CPU-only build), ``isa`` (CPU instruction sets compiled in), ``compiler``,
+    ``built_by`` ("setup.py" ahead of time, or "jit" on first use), ``built_at``, ``path`` (the
+    shared object), ``rnnkernels`` (version) and ``sources`` (digest of the sources and flags).
+
+    >>> ext.build_info()["built_by"]
+    'setup.py'
+    """
+    info = _load().info
+    return None if info is None else dict(info)
 
 _DTYPES = {
     "cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
@@ -47,7 +84,7 @@ def _ops():
 
 def has_cuda() -> bool:
     """Whether the extension was built with its CUDA kernels."""
-    return AVAILABLE and bool(_ops().has_cuda())
+    return _load().error is None and bool(_ops().has_cuda())
 
 
 def set_option(name: str, value: str) -> None:
@@ -73,9 +110,10 @@ def option(name: str, value: str):
 
 
 def _require() -> None:
-    if not AVAILABLE:
+    error = _load().error
+    if error is not None:
         raise RuntimeError(f"rnnkernels: the compiled extension rnnkernels._C is not available: "
-                           f"{ERROR}")
+                           f"{error}")
 
 
 class _Backend:
@@ -84,15 +122,17 @@ class _Backend:
     def __init__(self, name: str):
         self.NAME = name
 
-    def __repr__(self) -> str:
-        return f"<rnnkernels backend {self.NAME!r} (rnnkernels._C, available={AVAILABLE})>"
+    def __repr__(self) -> str:  # never loads the extension
+        state = "not loaded yet" if _loaded is None else _loaded.error is None
+        return f"<rnnkernels backend {self.NAME!r} (rnnkernels._C, available={state})>"
 
     def supports(self, device_type: str, dtype: torch.dtype) -> str | None:
         """None if this backend can run the case, else the reason (see docs/BACKENDS.md)."""
-        if not AVAILABLE:
-            return f"the compiled extension rnnkernels._C is not available: {ERROR}"
-        if device_type != self.NAME:
+        if device_type != self.NAME:  # first: no reason to load (or build) the extension
             return f"the {self.NAME} backend runs {self.NAME} tensors only, not {device_type}"
+        error = _load().error
+        if error is not None:
+            return f"the compiled extension rnnkernels._C is not available: {error}"
         if self.NAME == "cuda":
             if not has_cuda():
                 return "rnnkernels._C was built without CUDA kernels"
@@ -180,6 +220,3 @@ def _fake_backward(cell):
         return cell.fake_backward(args[0], args[1 + n], args[1 + 2 * n], w_hr)
     return fake
 
-
-if AVAILABLE:
-    _register_fakes()

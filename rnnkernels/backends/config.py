@@ -6,6 +6,7 @@ table is rendered into ``docs/BACKENDS.md`` ("Settings"); a test checks the two 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -43,6 +44,17 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("cpu_isa", "RNNKERNELS_CPU_ISA", "auto", ("auto", "avx2", "generic"),
             "the CPU kernels' instruction set (read by the compiled extension at load; "
             "compiled.option('cpu_isa', ...) changes it later)"),
+    Setting("no_jit", "RNNKERNELS_NO_JIT", "0", ("0", "1", "false", "true"),
+            "1 = never build rnnkernels._C on first use (without a usable prebuilt one the cpu and "
+            "cuda backends are then unavailable, with the reason)"),
+    Setting("cache_dir", "RNNKERNELS_CACHE_DIR", "$XDG_CACHE_HOME/rnnkernels", (),
+            "where the first-use build of rnnkernels._C is kept, one folder per rnnkernels, "
+            "torch, CUDA, Python and source version"),
+    Setting("xdg_cache_home", "XDG_CACHE_HOME", "~/.cache", (),
+            "the XDG base directory of caches, the default parent of RNNKERNELS_CACHE_DIR"),
+    Setting("build_jobs", "MAX_JOBS", "cpus", (),
+            "torch's own: parallel compiler jobs of an extension build (setup.py's and the "
+            "first-use build); cpus = the CPUs this process may use"),
 )}
 
 # Process-wide options of the compiled extension, set with compiled.set_option / compiled.option
@@ -64,6 +76,34 @@ def get(key: str) -> str:
 def flag(key: str) -> bool:
     """A boolean setting: on for 1/true/yes/on (any case), the values triton's own knobs accept."""
     return get(key).lower() in ("1", "true", "yes", "on", "y")
+
+
+def cache_dir() -> str:
+    """The folder of the first-use builds: ``RNNKERNELS_CACHE_DIR``, where ``$XDG_CACHE_HOME``
+    (by default ``~/.cache``) may stand for that directory, with ``~`` expanded."""
+    path = get("cache_dir").replace("$XDG_CACHE_HOME", get("xdg_cache_home"))
+    return os.path.abspath(os.path.expanduser(path))
+
+
+@contextlib.contextmanager
+def build_environment(cpus: int, ninja_dir: str | None):
+    """The environment torch's ``cpp_extension`` reads during a build: ``MAX_JOBS`` (the
+    ``build_jobs`` setting, ``cpus`` for its default) and, when given, ``ninja_dir`` first on
+    ``PATH`` (torch runs ``ninja`` from PATH). Restored afterwards."""
+    jobs = get("build_jobs")
+    changes = {"MAX_JOBS": str(cpus) if jobs == "cpus" else jobs}
+    if ninja_dir:
+        changes["PATH"] = ninja_dir + os.pathsep + os.environ.get("PATH", "")
+    saved = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def table() -> str:
