@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "cell_step.h"
 #include "cpu/scan_cpu.h"
 #include "cpu_pool.h"
 #include "options.h"
@@ -100,11 +101,14 @@ TORCH_LIBRARY(rnnkernels_C, m) {
   m.def("has_cuda() -> bool", &rnnk::bridge::has_cuda);
 }
 
-// The extension is imported as rnnkernels._C; all it needs is to exist (registration happens in
-// the static initialisers above when the shared object is loaded).
+// The extension is imported as rnnkernels._C (the ops' registration happens in the static
+// initialisers above when the shared object is loaded). Its own functions are the fused cell
+// steps (python/cell_step.cpp), plain module functions: a cheaper call than an op's.
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C",
-                            "rnnkernels compiled backends: torch.ops.rnnkernels_C.*", -1, nullptr,
-                            nullptr, nullptr, nullptr, nullptr};
+                            "rnnkernels compiled backends: torch.ops.rnnkernels_C.* and the fused "
+                            "cell steps (lstm_cell, gru_cell, rnn_cell)",
+                            -1, rnnk::bridge::cell_step_methods(), nullptr, nullptr, nullptr,
+                            nullptr};
   return PyModule_Create(&def);
 }

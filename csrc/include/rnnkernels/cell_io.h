@@ -143,10 +143,11 @@ RNNK_HOST_DEVICE RNNK_INLINE void forward_unit(const IO& io, const ForwardRow<S,
 // (GRU dh ⊙ z, the other cells 0); dc = LSTM ∂L/∂c_t, replaced by ∂L/∂c_{t-1}. Writes the d gates
 // the recurrent GEMM multiplies (dg, gate stride H; GRU's n block is dn ⊙ r, the gradient of
 // hn_lin) and dxp. kProjected (an LSTM with projection): dh is ∂L/∂hh, the total gradient of the
-// unprojected hidden from the projection's backward, and is only read.
-template <Cell C, class M, bool kProjected = false, class IO, class S, class A>
+// unprojected hidden from the projection's backward, and is only read. dg is in the accumulation
+// type in the scans; a cell step (csrc/cpu/cell_step.h) has it in the storage dtype, for its GEMMs.
+template <Cell C, class M, bool kProjected = false, class IO, class S, class A, class DG>
 RNNK_HOST_DEVICE RNNK_INLINE void backward_unit(const IO& io, const BackwardRow<S, A>& r, int H,
-                                                int64_t j, A* dh, A* dc, A* dg) {
+                                                int64_t j, A* dh, A* dc, DG* dg) {
   using T = typename IO::T;
   const int64_t gate_at = r.row * (gates_of(C) * H) + j, unit_at = r.row * H + j;
   // the previous step's unit: in the [T, B, H] tensors, or at the first step in the [B, H] ones
