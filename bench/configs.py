@@ -19,7 +19,7 @@ Two suites:
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 CELLS = ("LSTM", "GRU", "RNN")
 MODES = ("fwd", "fwdbwd")
@@ -32,6 +32,7 @@ class Config:
 
     ``packed``: the batch is a PackedSequence (``enforce_sorted=False``) of random lengths in
     [T/4, T], one of them exactly T. ``reference``: small enough to time the plain-loop oracle.
+    ``cells``: the cells to run it with (empty: the runner's ``--cells``).
     """
 
     name: str
@@ -45,6 +46,7 @@ class Config:
     suite: str = "full"
     reference: bool = False
     note: str = ""
+    cells: tuple[str, ...] = ()
 
     def shape(self) -> str:
         s = f"T{self.T}-B{self.B}-I{self.I}-H{self.H}-L{self.layers}"
@@ -96,15 +98,75 @@ def suite(name: str) -> list[Config]:
     return [c for c in _ALL if c.suite == name]
 
 
-def select(patterns: list[str] | None, suite_name: str) -> list[Config]:
-    """Configs of the suite, or — when ``patterns`` are given — every registry config whose name
-    matches one of the shell-style patterns (so ``--configs fastrnn`` works from any suite)."""
-    if not patterns:
+def matching(pattern: str) -> list[Config]:
+    """Registry configs whose name matches the shell-style ``pattern``."""
+    return [c for c in _ALL if fnmatch.fnmatchcase(c.name, pattern)]
+
+
+def select(items: list[str | Config] | None, suite_name: str) -> list[Config]:
+    """Configs of the suite, or — when ``items`` are given — the given ones: a ``Config`` (a
+    shape spec, see :func:`parse_spec`) as it is, a name pattern as every registry config it
+    matches (so ``--configs fastrnn`` works from any suite), in the order given."""
+    if not items:
         return suite(suite_name)
-    chosen = [c for c in _ALL if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
-    if not chosen:
-        raise ValueError(f"no config matches {patterns}; known: {', '.join(REGISTRY)}")
+    chosen: list[Config] = []
+    for item in items:
+        found = [item] if isinstance(item, Config) else matching(item)
+        if not found:
+            raise ValueError(f"no config matches {item!r}; known: {', '.join(REGISTRY)}")
+        chosen += [c for c in found if c not in chosen]
     return chosen
+
+
+# ---------------------------------------------------------------------------------- shape specs
+SPEC_HELP = """\
+A shape spec is comma-separated key=value pairs (no spaces), e.g.
+  cell=lstm,T=200,B=8,H=64,I=64,layers=1
+  T=1000,B=1,H=256,bidir=1          (every cell of --cells)
+keys: T, B, H (required); I (default H); layers (default 1); bidir, packed, reference
+(0/1, default 0: reference also times the plain-loop reference backend); cell (lstm, gru or
+rnn, several joined by '+'; default: --cells); name (default: the shape, e.g. T200-B8-I64-H64-L1).
+"""
+_INT_KEYS = {"T": "T", "B": "B", "I": "I", "H": "H", "layers": "layers", "L": "layers"}
+_BOOL_KEYS = {"bidir": "bidirectional", "bidirectional": "bidirectional", "packed": "packed",
+              "reference": "reference"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_spec(text: str) -> Config:
+    """A :class:`Config` from a shape spec (:data:`SPEC_HELP`); ``ValueError`` saying what is
+    wrong with it otherwise."""
+    fields: dict = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{part.strip()!r} is not key=value")
+        if key in _INT_KEYS:
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{key}={value!r}: expected a positive integer")
+            fields[_INT_KEYS[key]] = int(value)
+        elif key in _BOOL_KEYS:
+            if value.lower() not in _TRUE + _FALSE:
+                raise ValueError(f"{key}={value!r}: expected 0 or 1")
+            fields[_BOOL_KEYS[key]] = value.lower() in _TRUE
+        elif key == "cell":
+            cells = tuple(c.upper() for c in value.split("+"))
+            bad = [c for c in cells if c not in CELLS]
+            if bad:
+                raise ValueError(f"cell={value!r}: expected lstm, gru or rnn (joined by '+')")
+            fields["cells"] = cells
+        elif key == "name":
+            fields["name"] = value
+        else:
+            raise ValueError(f"unknown key {key!r}; keys: T, B, I, H, layers, bidir, packed, "
+                             "reference, cell, name")
+    missing = [k for k in ("T", "B", "H") if k not in fields]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)} (T, B and H are required)")
+    fields.setdefault("I", fields["H"])
+    cfg = Config(name=fields.pop("name", ""), suite="custom", note="from the command line",
+                 **fields)
+    return cfg if cfg.name else replace(cfg, name=cfg.shape())
 
 
 # ---------------------------------------------------------------------------------- validation

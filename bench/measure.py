@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import harness as H
 from .harness import REPO
 
 # --------------------------------------------------------------------------------------- timing
@@ -202,6 +201,8 @@ def _git_sha() -> str:
 
 @functools.lru_cache(maxsize=None)
 def environment(device_type: str) -> dict:
+    """What does not change during a run (threads and the rnnkernels build are record fields of
+    their own: ``bench/provenance.py``)."""
     env = {
         "torch": torch.__version__,
         "python": sys.version.split()[0],
@@ -209,7 +210,6 @@ def environment(device_type: str) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "git_sha": _git_sha(),
         "triton_interpret": os.environ.get("TRITON_INTERPRET", "") not in ("", "0"),
         "hostname": platform.node(),
@@ -219,8 +219,6 @@ def environment(device_type: str) -> dict:
         env["triton"] = triton.__version__
     except Exception:  # triton is optional
         env["triton"] = None
-    rk, _ = H.import_rnnkernels()
-    env["rnnkernels"] = getattr(rk, "__version__", "unknown") if rk is not None else None
     if device_type == "cuda":
         env["device_name"] = torch.cuda.get_device_name()
         cap = torch.cuda.get_device_capability()

@@ -5,17 +5,18 @@ runs the timed step once and scores that call against torch.nn (outputs, and in 
 parameter grad), then times it (median, p20, p80), measures its peak extra memory, and prints a
 table row. Every row is also one JSON line in ``bench/results/<device>-<suite>-<stamp>.jsonl``
 (next to a PNG of the speedups), self-contained: config, provider, mode, dtype, times, memory,
-error and tolerance, and the environment (torch/triton/CUDA/cuDNN versions, device name, CPU
-model, git sha). A short validation table (odd sizes, every module incl. cells vs torch.nn) runs
-first; ``--validate`` runs only it. ``--strict`` exits 1 if any error is above tolerance or any
-provider failed. See bench/README.md for the options and what each number means.
+error and tolerance, the environment (torch/triton/CUDA/cuDNN versions, device name, CPU
+model, git sha), the thread count and the rnnkernels build measured (``bench/provenance.py``).
+A short validation table (odd sizes, every module incl. cells vs torch.nn) runs first;
+``--validate`` runs only it. ``--strict`` exits 1 if any error is above tolerance or any
+provider failed. Named configs or any shape (``--shape T=200,B=8,H=64``); a progress line with
+an ETA on stderr. See bench/README.md for the options and what each number means.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -24,13 +25,36 @@ import torch
 from . import configs as C
 from . import harness as H
 from . import measure as M
+from . import provenance as P
+from . import table
+from .progress import Progress
 
 DEFAULT_OUT = H.REPO / "bench" / "results"
 
 
+def _spec(text: str) -> C.Config:
+    """argparse type of ``--shape``: a shape spec, or a usage error that says what is wrong."""
+    try:
+        return C.parse_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad shape spec {text!r}: {exc} (see --help)")
+
+
+def _config_item(text: str) -> str | C.Config:
+    """argparse type of ``--configs``: a shape spec (it has '=') or a name pattern that must
+    match a config."""
+    if "=" in text:
+        return _spec(text)
+    if not C.matching(text):
+        raise argparse.ArgumentTypeError(f"no config matches {text!r} (known: "
+                                         f"{', '.join(C.REGISTRY)}; or a shape spec, see --help)")
+    return text
+
+
 def _parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=C.SPEC_HELP)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", dest="suite", action="store_const", const="quick",
                    help="the quick suite (small shapes, a minute or two on a small CPU)")
@@ -42,8 +66,12 @@ def _parse_args(argv):
     p.add_argument("--no-validate", action="store_true",
                    help="skip the validation table that otherwise precedes the benchmark")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda[:N]")
-    p.add_argument("--configs", nargs="+", metavar="PATTERN",
-                   help="config names or shell patterns from any suite (see --list)")
+    p.add_argument("--configs", nargs="+", metavar="PATTERN|SPEC", type=_config_item,
+                   help="config names or shell patterns from any suite (see --list), or shape "
+                        "specs (below)")
+    p.add_argument("--shape", action="append", metavar="SPEC", type=_spec, default=[],
+                   help="a shape to measure, e.g. cell=lstm,T=200,B=8,H=64 (repeatable; "
+                        "spec below)")
     p.add_argument("--cells", default="LSTM,GRU,RNN", help="comma list (default: all three)")
     p.add_argument("--modes", default="fwd,fwdbwd", help="comma list of fwd, fwdbwd")
     p.add_argument("--providers", default=None,
@@ -66,6 +94,9 @@ def _parse_args(argv):
                    help="CPU: seconds of timed calls per measurement (quick 0.3, full 1.0)")
     p.add_argument("--min-reps", type=int, default=None, help="minimum timed calls (default 5)")
     p.add_argument("--warmup", type=int, default=None, help="CPU: untimed calls before timing")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress line with an ETA on stderr (default: when stderr is a "
+                        "terminal)")
     p.add_argument("--list", action="store_true", help="list the configs and exit")
     return p.parse_args(argv)
 
@@ -115,50 +146,6 @@ def _stamp() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-# ------------------------------------------------------------------------------------ the table
-_COLS = [("cell", 4, "<"), ("mode", 6, "<"), ("provider", 9, "<"), ("median ms", 10, ">"),
-         ("p20", 9, ">"), ("p80", 9, ">"), ("speedup", 8, ">"), ("peak MB", 8, ">"),
-         ("error", 8, ">"), ("", 4, "<")]
-
-
-def _fmt_row(values) -> str:
-    return "  ".join(f"{str(v):{a}{w}}" for v, (_, w, a) in zip(values, _COLS))
-
-
-def _fmt_ms(v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.3f}" if v < 100 else f"{v:.1f}"
-
-
-def _fmt_err(e) -> str:
-    if e is None:
-        return "-"
-    return "inf" if math.isinf(e) else f"{e:.1e}"
-
-
-def _table_header() -> str:
-    head = _fmt_row([c[0] for c in _COLS])
-    return head + "\n" + "-" * len(head)
-
-
-def _row_for(rec: dict) -> str:
-    t = rec.get("time_ms") or {}
-    err = rec.get("error") or {}
-    if rec["status"] != "ok":
-        flag = "FAIL"
-    else:
-        flag = "ok" if err.get("ok") else "TOL!"
-    mem = rec.get("peak_mem_bytes")
-    speed = rec.get("speedup")
-    return _fmt_row([rec["cell"], rec["mode"], rec["provider"], _fmt_ms(t.get("median")),
-                     _fmt_ms(t.get("p20")), _fmt_ms(t.get("p80")),
-                     "-" if speed is None else f"{speed:.2f}x",
-                     "-" if mem is None else f"{mem / 2**20:.1f}",
-                     _fmt_err(err.get("worst")), flag]) \
-        + (f"  [{rec['impl']}]" if rec.get("impl") else "")
-
-
 # ------------------------------------------------------------------------------- measurement
 def measure(case: H.Case, provider: str, mode: str, budget: M.TimingBudget) -> dict:
     """One record: check the provider's step against torch.nn, time it, measure its memory."""
@@ -195,21 +182,29 @@ def _providers_for(cfg, device, dtype, explicit: list[str] | None) -> list[str]:
     return [p for p in avail if p != "reference" or (cfg.reference and device.type == "cpu")]
 
 
-def run_bench(args, device: torch.device, suite: str, sink) -> list[dict]:
-    cfgs = C.select(args.configs, suite)
+def _plan(args, device: torch.device, suite: str) -> list[tuple]:
+    """What will be measured, in order: (dtype, config, cells, providers) — known up front so
+    the progress line can count it."""
+    cfgs = C.select((args.configs or []) + args.shape, suite)
     cells = _csv(args.cells)
-    modes = _csv(args.modes)
     for c in cells:
         if c not in C.CELLS:
             raise SystemExit(f"bench: unknown cell {c!r}; expected {C.CELLS}")
-    for m in modes:
+    for m in _csv(args.modes):
         if m not in C.MODES:
             raise SystemExit(f"bench: unknown mode {m!r}; expected {C.MODES}")
     explicit = _csv(args.providers) if args.providers else None
+    return [(dtype, cfg, list(cfg.cells) or cells, _providers_for(cfg, device, dtype, explicit))
+            for dtype in _dtypes(args.dtypes) for cfg in cfgs]
+
+
+def run_bench(args, device: torch.device, suite: str, sink) -> list[dict]:
+    plan = _plan(args, device, suite)
+    modes = _csv(args.modes)
     budget = _budget(args, suite, device)
     env = M.environment(device.type)
     print(f"\n== benchmark: suite={suite}, device={env['device_name']}, torch {env['torch']}, "
-          f"triton {env['triton']}, CUDA {env['cuda']}, threads {env['torch_threads']}, "
+          f"triton {env['triton']}, CUDA {env['cuda']}, threads {torch.get_num_threads()}, "
           f"git {env['git_sha'][:12]}", flush=True)
     load = M.loadavg()
     if device.type == "cpu" and load is not None and load > 0.5 * (env["cpu_count"] or 1):
@@ -217,65 +212,51 @@ def run_bench(args, device: torch.device, suite: str, sink) -> list[dict]:
               "running and CPU timings will be noisy (each record keeps its loadavg_1m); "
               "--threads 1 avoids OpenMP threads waiting on descheduled peers.",
               flush=True)
+    progress = Progress(sum(len(cells) * len(modes) * len(provs) for _, _, cells, provs in plan),
+                        sys.stderr.isatty() if args.progress is None else args.progress)
     records = []
-    for dtype in _dtypes(args.dtypes):
-        for cfg in cfgs:
-            providers = _providers_for(cfg, device, dtype, explicit)
-            print(f"\n{cfg.name} [{cfg.shape()}] {H.dtype_name(dtype)} — {cfg.note}")
-            print(_table_header(), flush=True)
-            for cell in cells:
-                try:
-                    case = H.prepare_case(cfg, cell, device, dtype, args.seed)
-                except Exception as exc:  # e.g. out of memory for torch.nn itself
-                    rec = {"kind": "bench", "config": cfg.to_dict(), "cell": cell, "mode": "-",
-                           "provider": "torch", "dtype": H.dtype_name(dtype),
-                           "device": device.type, "status": "failed", "suite": suite,
-                           "failure": f"preparing the torch.nn reference: "
-                                      f"{type(exc).__name__}: {exc}", "env": env}
+    for dtype, cfg, cells, providers in plan:
+        shape = "" if cfg.name == cfg.shape() else f" [{cfg.shape()}]"
+        progress.print(f"\n{cfg.name}{shape} {H.dtype_name(dtype)} — {cfg.note}\n"
+                       + table.header())
+        for cell in cells:
+            try:
+                case = H.prepare_case(cfg, cell, device, dtype, args.seed)
+            except Exception as exc:  # e.g. out of memory for torch.nn itself
+                rec = {"kind": "bench", "config": cfg.to_dict(), "cell": cell, "mode": "-",
+                       "provider": "torch", "dtype": H.dtype_name(dtype),
+                       "device": device.type, "status": "failed", "suite": suite,
+                       "failure": f"preparing the torch.nn reference: "
+                                  f"{type(exc).__name__}: {exc}", "env": env}
+                records.append(rec)
+                sink(rec)
+                progress.print(f"{cell:4s}  {rec['failure']}")
+                for _ in range(len(modes) * len(providers)):
+                    progress.advance()
+                continue
+            for mode in modes:
+                base = None
+                for prov in providers:
+                    progress.start(f"{cfg.name} {cell} {mode} {prov}")
+                    rec = measure(case, prov, mode, budget)
+                    rec["suite"], rec["env"] = suite, env
+                    med = (rec.get("time_ms") or {}).get("median")
+                    if prov == "torch":
+                        base = med
+                    rec["speedup"] = (base / med) if (base and med) else None
                     records.append(rec)
                     sink(rec)
-                    print(f"{cell:4s}  {rec['failure']}", flush=True)
-                    continue
-                for mode in modes:
-                    base = None
-                    for prov in providers:
-                        rec = measure(case, prov, mode, budget)
-                        rec["suite"], rec["env"] = suite, env
-                        med = (rec.get("time_ms") or {}).get("median")
-                        if prov == "torch":
-                            base = med
-                        rec["speedup"] = (base / med) if (base and med) else None
-                        records.append(rec)
-                        sink(rec)
-                        print(_row_for(rec), flush=True)
-                        if rec["status"] != "ok":
-                            print(f"      {rec['failure']}", flush=True)
-                del case
+                    progress.advance()
+                    progress.print(table.row(rec) + ("" if rec["status"] == "ok" else
+                                                     f"\n      {rec['failure']}"))
+            del case
+    progress.close()
     return records
 
 
-def _summary(records: list[dict], what: str) -> int:
-    bad = [r for r in records if r["status"] != "ok" or not (r.get("error") or {}).get("ok")]
-    n = len(records)
-    if n == 0:
-        print(f"\n{what}: nothing was measured.")
-        return 1
-    if not bad:
-        print(f"\n{what}: {n} measurements, all within tolerance.")
-        return 0
-    print(f"\n{what}: {len(bad)} of {n} measurements FAILED or are above tolerance:")
-    for r in bad:
-        name = r["config"]["name"] if isinstance(r.get("config"), dict) else r.get("case")
-        err = r.get("error") or {}
-        why = r.get("failure") or (f"{err.get('metric')} {err.get('worst'):.2e} > tol "
-                                   f"{err.get('tol'):.0e} at {err.get('worst_of')}")
-        print(f"  {name} {r.get('cell', '')} {r.get('mode', '')} {r['provider']} "
-              f"{r['dtype']}: {why}")
-    return len(bad)
-
-
 class _Sink:
-    """Appends each record to the JSONL file as it is made, so an interrupted run keeps data."""
+    """Appends each record to the JSONL file as it is made, so an interrupted run keeps data;
+    every record first gets the fields of ``provenance.stamp`` (schema, threads, rnnkernels)."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -284,6 +265,7 @@ class _Sink:
             path.write_text("")
 
     def __call__(self, rec: dict) -> None:
+        P.stamp(rec)
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(rec, default=str) + "\n")
@@ -295,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         for c in C.REGISTRY.values():
             ref = " (+reference)" if c.reference else ""
             print(f"{c.suite:5s}  {c.name:12s}  {c.shape():34s}  {c.note}{ref}")
+        print("\nAny other shape: --shape SPEC (or a SPEC among --configs); see --help.")
         return 0
     device = _device(args.device)
     if device.type == "cuda" and device.index is not None:
@@ -305,18 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     suite = args.suite if args.suite != "auto" else ("full" if device.type == "cuda" else "quick")
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     stamp = _stamp() + (f"-{args.tag}" if args.tag else "")
-    failures = 0
-    if H.import_rnnkernels()[0] is None:
-        print(f"bench: rnnkernels cannot be imported ({H.import_rnnkernels()[1]}); "
-              "only torch.nn can be measured", file=sys.stderr)
-        failures += 1
+    P.warn()   # a missing extension or another copy of rnnkernels: said before any number
+    failures = 1 if H.import_rnnkernels()[0] is None else 0
 
     if not args.no_validate or args.validate:
         from . import validate as V  # noqa: PLC0415
         vpath = None if args.no_save else out_dir / f"{device.type}-validate-{stamp}.jsonl"
         vrecs = V.run_validation(device, _dtypes(args.dtypes), args.seed, _Sink(vpath),
                                  _csv(args.providers) if args.providers else None)
-        failures += _summary(vrecs, "validation")
+        failures += table.summary(vrecs, "validation")
         if vpath is not None:
             print(f"wrote {vpath}")
     if args.validate:
@@ -324,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = None if args.no_save else out_dir / f"{device.type}-{suite}-{stamp}.jsonl"
     records = run_bench(args, device, suite, _Sink(path))
-    failures += _summary(records, "benchmark")
+    failures += table.summary(records, "benchmark")
     if path is not None:
         print(f"wrote {path}")
         if not args.no_plot:

@@ -16,23 +16,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-try:
-    import rnnkernels
-except ImportError:  # running from a source checkout that was not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import rnnkernels
-
-HERE = Path(__file__).resolve().parent
-BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+from _common import HERE, Progress, add_common_args, describe, recurrent
 
 
 class CharLM(nn.Module):
@@ -41,11 +32,10 @@ class CharLM(nn.Module):
     def __init__(self, vocab: int, embed: int, hidden: int, layers: int, cell: str,
                  dropout: float, backend: str):
         super().__init__()
-        rnn_cls = {"lstm": rnnkernels.LSTM, "gru": rnnkernels.GRU}[cell]
         self.embed = nn.Embedding(vocab, embed)
         # inter-layer dropout only exists between stacked layers; torch warns if set with 1 layer
-        self.rnn = rnn_cls(embed, hidden, num_layers=layers, batch_first=True,
-                           dropout=dropout if layers > 1 else 0.0, backend=backend)
+        self.rnn = recurrent(cell.upper(), backend, embed, hidden, num_layers=layers,
+                             batch_first=True, dropout=dropout if layers > 1 else 0.0)
         self.head = nn.Linear(hidden, vocab)
 
     def forward(self, x, state=None):
@@ -70,12 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prime", default="The ", help="text the generated sample starts from")
     p.add_argument("--gen-len", type=int, default=600, help="characters to generate")
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=HERE / "out", help="output directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+    return add_common_args(p)
 
 
 def random_windows(data: torch.Tensor, batch: int, seq_len: int, gen: torch.Generator):
@@ -136,13 +121,12 @@ def main(argv=None) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / max(args.steps, 1), 1.0))))
     print(f"{len(text)} characters, vocabulary {len(itos)}; {args.cell.upper()} "
-          f"{args.layers}x{args.hidden} on {device}, backend={args.backend} "
-          f"(available: {', '.join(rnnkernels.available_backends(device))})")
+          f"{args.layers}x{args.hidden} on {device}, {describe(args.backend, device)}")
 
     losses = []
     t0 = time.perf_counter()
-    bar = tqdm(range(args.steps), desc=f"char_lm {args.cell}", disable=args.quiet)
-    for step in bar:
+    progress = Progress(args.steps, f"char_lm {args.cell}", args.quiet)
+    for step in range(args.steps):
         x, y = random_windows(train, args.batch, args.seq_len, gen)
         x, y = x.to(device), y.to(device)
         logits, _ = model(x)
@@ -153,8 +137,7 @@ def main(argv=None) -> dict:
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if step % 10 == 0 or step == args.steps - 1:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        progress.step(step, loss=losses[-1])
     train_s = time.perf_counter() - t0
 
     val_loss = evaluate(model, val, args.seq_len, device)

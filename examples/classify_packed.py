@@ -20,24 +20,14 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from tqdm import tqdm
 
-try:
-    import rnnkernels
-except ImportError:  # running from a source checkout that was not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import rnnkernels
-
-HERE = Path(__file__).resolve().parent
-BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+from _common import Progress, add_common_args, describe, recurrent
 
 PAD = "<pad>"
 POSITIVE = ["good", "great", "superb", "lovely", "fun", "clever", "moving", "sharp"]
@@ -79,8 +69,8 @@ class Classifier(nn.Module):
     def __init__(self, vocab: int, embed: int, hidden: int, layers: int, backend: str):
         super().__init__()
         self.embed = nn.Embedding(vocab, embed, padding_idx=0)
-        self.rnn = rnnkernels.GRU(embed, hidden, num_layers=layers, batch_first=True,
-                                  bidirectional=True, backend=backend)
+        self.rnn = recurrent("GRU", backend, embed, hidden, num_layers=layers, batch_first=True,
+                             bidirectional=True)
         self.head = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2))
 
     def forward(self, tokens, lengths):
@@ -110,12 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--clip", type=float, default=1.0, help="max global gradient norm")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=HERE / "out", help="output directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+    return add_common_args(p)
 
 
 @torch.no_grad()
@@ -147,12 +132,11 @@ def main(argv=None) -> dict:
         opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(total, 1), 1.0))))
     print(f"{args.train_size} train / {args.test_size} test sentences of {args.min_len}-"
           f"{args.max_len} words, {train[2].float().mean():.0%} positive; bidirectional GRU "
-          f"{args.layers}x{args.hidden} on {device}, backend={args.backend} "
-          f"(available: {', '.join(rnnkernels.available_backends(device))})")
+          f"{args.layers}x{args.hidden} on {device}, {describe(args.backend, device)}")
 
     losses, test_acc = [], []
     t0 = time.perf_counter()
-    bar = tqdm(total=total, desc="classify_packed", disable=args.quiet)
+    progress = Progress(total, "classify_packed", args.quiet)
     for epoch in range(args.epochs):
         order = torch.randperm(args.train_size, generator=gen).to(device)
         for i in range(0, args.train_size, args.batch):
@@ -165,11 +149,10 @@ def main(argv=None) -> dict:
             opt.step()
             sched.step()
             losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", refresh=False)
+            progress.step(len(losses) - 1, epoch=epoch, loss=losses[-1])
         test_acc.append(accuracy(model, *test, args.batch))
-        bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", test_acc=f"{test_acc[-1]:.3f}")
-    bar.close()
+        if not args.quiet:
+            print(f"epoch {epoch}: test accuracy {test_acc[-1]:.3f}")
     train_s = time.perf_counter() - t0
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -12,30 +12,21 @@ The test error is reported next to two yardsticks: repeating the last observed v
 
     python examples/forecast.py                      # about a minute on 2 CPU cores
 
-Writes ``forecast.png`` (context, truth, prediction and the clean signal for a few test windows)
-to ``--out`` (default ``examples/out/``).
+Writes, when matplotlib is installed, ``forecast.png`` (context, truth, prediction and the clean
+signal for a few test windows) to ``--out`` (default ``examples/out/``).
 """
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-try:
-    import rnnkernels
-except ImportError:  # running from a source checkout that was not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import rnnkernels
-
-HERE = Path(__file__).resolve().parent
-BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+from _common import Progress, add_common_args, describe, pyplot, recurrent
 PERIODS = (50.0, 13.0, 7.3)
 AMPLITUDES = (1.0, 0.5, 0.3)
 
@@ -59,8 +50,8 @@ def windows(series: torch.Tensor, starts: torch.Tensor, context: int, horizon: i
 class Forecaster(nn.Module):
     def __init__(self, hidden: int, layers: int, horizon: int, dropout: float, backend: str):
         super().__init__()
-        self.rnn = rnnkernels.LSTM(1, hidden, num_layers=layers, batch_first=True,
-                                   dropout=dropout if layers > 1 else 0.0, backend=backend)
+        self.rnn = recurrent("LSTM", backend, 1, hidden, num_layers=layers, batch_first=True,
+                             dropout=dropout if layers > 1 else 0.0)
         self.head = nn.Linear(hidden, horizon)
 
     def forward(self, x):  # x [B, T, 1] -> [B, horizon]
@@ -82,19 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=500, help="optimizer steps")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--clip", type=float, default=1.0, help="max global gradient norm")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=HERE / "out", help="output directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+    return add_common_args(p)
 
 
-def plot(path: Path, x, y, pred, clean_y, mse: float, noise: float, n: int = 3) -> None:
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
+def plot(plt, path: Path, x, y, pred, clean_y, mse: float, noise: float, n: int = 3) -> None:
     context, horizon = x.shape[1], y.shape[1]
     shown = min(context, 3 * horizon)  # the tail of the context; all of it would dwarf the forecast
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), sharex=True)
@@ -137,12 +119,12 @@ def main(argv=None) -> dict:
         opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(args.steps, 1), 1.0))))
     print(f"series of {args.length} points (periods {PERIODS}, noise sd {args.noise}); LSTM "
           f"{args.layers}x{args.hidden}, {args.context} -> {args.horizon} steps on {device}, "
-          f"backend={args.backend} (available: {', '.join(rnnkernels.available_backends(device))})")
+          f"{describe(args.backend, device)}")
 
     losses = []
     t0 = time.perf_counter()
-    bar = tqdm(range(args.steps), desc="forecast", disable=args.quiet)
-    for step in bar:
+    progress = Progress(args.steps, "forecast", args.quiet)
+    for step in range(args.steps):
         starts = torch.randint(0, split - span + 1, (args.batch,), generator=gen)
         x, y = windows(noisy, starts, args.context, args.horizon)
         loss = F.mse_loss(model(x.to(device)), y.to(device))
@@ -152,8 +134,7 @@ def main(argv=None) -> dict:
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if step % 10 == 0 or step == args.steps - 1:
-            bar.set_postfix(mse=f"{losses[-1]:.4f}")
+        progress.step(step, mse=losses[-1])
     train_s = time.perf_counter() - t0
 
     model.eval()
@@ -162,14 +143,16 @@ def main(argv=None) -> dict:
     test_mse = F.mse_loss(pred, y_test).item()
     persistence_mse = F.mse_loss(x_test[:, -1:, 0].expand_as(y_test), y_test).item()
     args.out.mkdir(parents=True, exist_ok=True)
-    png = args.out / "forecast.png"
-    plot(png, x_test, y_test, pred, clean_test, test_mse, args.noise)
+    plt, png = pyplot(), args.out / "forecast.png"
+    if plt is not None:
+        plot(plt, png, x_test, y_test, pred, clean_test, test_mse, args.noise)
 
     print(f"trained {args.steps} steps in {train_s:.1f} s; train MSE {losses[0]:.4f} -> "
           f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
     print(f"test MSE {test_mse:.4f} | persistence {persistence_mse:.4f} | "
           f"noise floor {args.noise ** 2:.4f}")
-    print(f"wrote {png}")
+    if plt is not None:
+        print(f"wrote {png}")
     return {"losses": losses, "test_mse": test_mse, "persistence_mse": persistence_mse,
             "noise_floor": args.noise ** 2, "train_seconds": train_s}
 

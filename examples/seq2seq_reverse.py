@@ -21,24 +21,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
-from tqdm import tqdm
 
-try:
-    import rnnkernels
-except ImportError:  # running from a source checkout that was not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import rnnkernels
-
-HERE = Path(__file__).resolve().parent
-BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+from _common import Progress, add_common_args, describe, recurrent
 PAD, SOS, EOS, FIRST_SYMBOL = 0, 1, 2, 3
 
 
@@ -62,12 +52,8 @@ class Seq2Seq(nn.Module):
         self.cell_type = cell
         self.src_embed = nn.Embedding(vocab, embed, padding_idx=PAD)
         self.tgt_embed = nn.Embedding(vocab, embed, padding_idx=PAD)
-        if cell == "lstm":
-            self.encoder = rnnkernels.LSTM(embed, hidden, batch_first=True, backend=backend)
-            self.decoder = rnnkernels.LSTMCell(embed, hidden, backend=backend)
-        else:
-            self.encoder = rnnkernels.GRU(embed, hidden, batch_first=True, backend=backend)
-            self.decoder = rnnkernels.GRUCell(embed, hidden, backend=backend)
+        self.encoder = recurrent(cell.upper(), backend, embed, hidden, batch_first=True)
+        self.decoder = recurrent(f"{cell.upper()}Cell", backend, embed, hidden)
         self.head = nn.Linear(hidden, vocab)
 
     def encode(self, src, lengths):
@@ -135,12 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-forcing", type=float, default=1.0,
                    help="probability that a decoder step is fed the true previous symbol")
     p.add_argument("--test-size", type=int, default=1000)
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=HERE / "out", help="output directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+    return add_common_args(p)
 
 
 def exact_match(model: Seq2Seq, src, tgt, lengths, batch: int) -> tuple[float, torch.Tensor]:
@@ -171,13 +152,13 @@ def main(argv=None) -> dict:
         opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(args.steps, 1), 1.0))))
     print(f"reverse {args.min_len}-{args.max_len} symbols of {args.symbols}; {args.cell.upper()} "
           f"encoder + {args.cell.upper()}Cell decoder, hidden {args.hidden}, on {device}, "
-          f"backend={args.backend} (available: {', '.join(rnnkernels.available_backends(device))})")
+          f"{describe(args.backend, device)}")
 
     losses, history = [], []
     eval_every = max(args.steps // 5, 1)
     t0 = time.perf_counter()
-    bar = tqdm(range(args.steps), desc=f"seq2seq {args.cell}", disable=args.quiet)
-    for step in bar:
+    progress = Progress(args.steps, f"seq2seq {args.cell}", args.quiet)
+    for step in range(args.steps):
         src, tgt, lengths = (t.to(device) for t in make_batch(
             args.batch, args.symbols, args.min_len, args.max_len, gen))
         logits = model(src, lengths, tgt, args.teacher_forcing, gen)
@@ -192,9 +173,7 @@ def main(argv=None) -> dict:
         if (step + 1) % eval_every == 0 or step == args.steps - 1:
             acc, _ = exact_match(model, test_src, test_tgt, test_len, 500)
             history.append((step + 1, acc))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", exact=f"{acc:.3f}")
-        elif step % 10 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        progress.step(step, loss=losses[-1], exact=history[-1][1] if history else "-")
     train_s = time.perf_counter() - t0
 
     acc, decoded = exact_match(model, test_src, test_tgt, test_len, 500)

@@ -26,29 +26,21 @@ against the layer's, which also shows the layer and the cells compute the same r
 
     python examples/vanishing_gradients.py           # about a minute on 2 CPU cores
 
-Writes ``vanishing_gradients.png`` (gradient norm over t at initialisation and after training,
-and the test accuracy of each model during training) to ``--out`` (default ``examples/out/``).
+Writes, when matplotlib is installed, ``vanishing_gradients.png`` (gradient norm over t at
+initialisation and after training, and the test accuracy of each model during training) to
+``--out`` (default ``examples/out/``).
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-try:
-    import rnnkernels
-except ImportError:  # running from a source checkout that was not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import rnnkernels
-
-HERE = Path(__file__).resolve().parent
-BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+from _common import Progress, add_common_args, describe, pyplot, recurrent
 MODELS = ("rnn", "lstm", "gru")
 COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
 
@@ -68,8 +60,7 @@ class Recaller(nn.Module):
                  gate_init: str, seq_len: int):
         super().__init__()
         self.kind = kind
-        layer_cls = {"rnn": rnnkernels.RNN, "lstm": rnnkernels.LSTM, "gru": rnnkernels.GRU}[kind]
-        self.rnn = layer_cls(inputs, hidden, batch_first=True, backend=backend)
+        self.rnn = recurrent(kind.upper(), backend, inputs, hidden, batch_first=True)
         self.head = nn.Linear(hidden, classes)
         if gate_init == "chrono" and kind != "rnn":
             self._chrono_init(hidden, seq_len)
@@ -107,9 +98,9 @@ def gradient_profile(model: Recaller, x, y, backend: str) -> tuple[torch.Tensor,
     over the batch so every example's gradient is that of its own loss, not scaled by 1/B.
     """
     layer = model.rnn
-    cell_cls = {"rnn": rnnkernels.RNNCell, "lstm": rnnkernels.LSTMCell, "gru": rnnkernels.GRUCell}
     kwargs = {"nonlinearity": layer.nonlinearity} if model.kind == "rnn" else {}
-    cell = cell_cls[model.kind](layer.input_size, layer.hidden_size, backend=backend, **kwargs)
+    cell = recurrent(f"{model.kind.upper()}Cell", backend, layer.input_size, layer.hidden_size,
+                     **kwargs)
     # layer parameters are named weight_ih_l0 ..., the cell's weight_ih ...: same tensors, same layout
     cell.load_state_dict({k.removesuffix("_l0"): v for k, v in layer.state_dict().items()})
     cell.to(x.device)
@@ -148,19 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=1.0, help="max global gradient norm")
     p.add_argument("--gate-init", choices=("chrono", "default"), default="chrono",
                    help="LSTM/GRU keep-gate biases: chrono (open, see Recaller._chrono_init) or torch's")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=HERE / "out", help="output directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+    return add_common_args(p)
 
 
-def plot(path: Path, results: dict, seq_len: int, classes: int) -> None:
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
+def plot(plt, path: Path, results: dict, seq_len: int, classes: int) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for kind, r in results.items():
         for ax, key in zip(axes[:2], ("grad_init", "grad_trained")):
@@ -197,7 +179,7 @@ def main(argv=None) -> dict:
     x_probe, y_probe = x_test[:256], y_test[:256]
     print(f"recall the first of {args.seq_len} symbols ({args.classes} classes, chance "
           f"{1 / args.classes:.2f}); hidden {args.hidden}, clip {args.clip}, on {device}, "
-          f"backend={args.backend} (available: {', '.join(rnnkernels.available_backends(device))})")
+          f"{describe(args.backend, device)}")
 
     results = {}
     eval_every = max(args.steps // 20, 1)
@@ -212,8 +194,8 @@ def main(argv=None) -> dict:
             raise RuntimeError(f"{kind}: cell loop loss {loss_c} != fused layer loss {loss_l}")
         losses, grad_norms, test_acc = [], [], []
         t0 = time.perf_counter()
-        bar = tqdm(range(args.steps), desc=f"{kind:>4}", disable=args.quiet)
-        for step in bar:
+        progress = Progress(args.steps, f"{kind:>4}", args.quiet)
+        for step in range(args.steps):
             x, y = (t.to(device) for t in make_batch(args.batch, args.seq_len, args.classes,
                                                      args.distractors, gen))
             loss = F.cross_entropy(model(x), y)
@@ -227,7 +209,7 @@ def main(argv=None) -> dict:
                 with torch.no_grad():
                     acc = (model(x_test).argmax(1) == y_test).float().mean().item()
                 test_acc.append((step + 1, acc))
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", test_acc=f"{acc:.3f}")
+            progress.step(step, loss=losses[-1], test_acc=test_acc[-1][1])
         train_s = time.perf_counter() - t0
         grad_trained, loss_c, loss_l = gradient_profile(model, x_probe, y_probe, args.backend)
         if abs(loss_c - loss_l) > 1e-3 * max(1.0, abs(loss_l)):
@@ -237,8 +219,9 @@ def main(argv=None) -> dict:
                          "grad_trained": grad_trained, "train_seconds": train_s}
 
     args.out.mkdir(parents=True, exist_ok=True)
-    png = args.out / "vanishing_gradients.png"
-    plot(png, results, args.seq_len, args.classes)
+    plt, png = pyplot(), args.out / "vanishing_gradients.png"
+    if plt is not None:
+        plot(plt, png, results, args.seq_len, args.classes)
     print(f"{'model':>5} | test acc | ‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖ init -> trained "
           "| max grad norm | time")
     for kind, r in results.items():
@@ -246,7 +229,8 @@ def main(argv=None) -> dict:
         print(f"{kind.upper():>5} | {r['test_accuracy'][-1][1]:8.3f} | {init:10.2e} -> "
               f"{trained:9.2e}          | {max(r['grad_norm_before_clip']):13.2f} | "
               f"{r['train_seconds']:.1f} s")
-    print(f"wrote {png}")
+    if plt is not None:
+        print(f"wrote {png}")
     return {"losses": {k: r["losses"] for k, r in results.items()}, "results": results}
 
 

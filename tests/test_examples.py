@@ -3,12 +3,16 @@ CPU and must (a) run end to end through rnnkernels modules, (b) lower its traini
 clear margin, and (c) write its outputs. ``--help`` of every script is checked in a subprocess,
 the way a user first meets it.
 
-The backend is ``auto`` (what a user gets), or each non-Triton backend named in
+Each runs with ``--backend auto`` (what a user gets) and ``--backend torch`` (plain torch.nn
+modules, the comparison every example offers), plus each non-Triton backend named in
 ``RNNKERNELS_TEST_BACKENDS`` that can run on the CPU. Triton is left out: training loops under its
 CPU interpreter would take minutes, and the kernels themselves are covered by the kernel tests.
+The examples need nothing beyond rnnkernels and torch: their imports are checked, and the
+plotting ones run with matplotlib made unimportable.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
@@ -28,18 +32,20 @@ SCRIPTS = ["char_lm", "classify_packed", "forecast", "seq2seq_reverse", "vanishi
 
 def _backends() -> list[str]:
     raw = os.environ.get("RNNKERNELS_TEST_BACKENDS", "").strip()
-    if not raw:
-        return ["auto"]
     available = rnnkernels.available_backends("cpu")
-    return [n.strip() for n in raw.split(",")
-            if n.strip() in available and n.strip() != "triton"] or ["auto"]
+    named = [n.strip() for n in raw.split(",") if n.strip() in available and n.strip() != "triton"]
+    return ["auto", "torch"] + named
 
 
 BACKENDS = _backends()
 
 
 def _load(name: str):
-    """Import examples/<name>.py as a module (examples/ is a folder of scripts, not a package)."""
+    """Import examples/<name>.py as a module (examples/ is a folder of scripts, not a package).
+    Its folder goes on sys.path, as it does for ``python examples/<name>.py``: the scripts share
+    ``examples/_common.py``."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"rnnkernels_example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -122,7 +128,53 @@ def test_forecast(tmp_path, backend):
         "--steps", "60", "--lr", "1e-2", *_common(tmp_path, backend)])
     _assert_learns(result["losses"], 5, 0.4, "forecast")
     assert result["test_mse"] < result["persistence_mse"]
-    assert (tmp_path / "forecast.png").stat().st_size > 10_000
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "forecast.png").stat().st_size > 10_000
+
+
+def test_forecast_without_matplotlib(tmp_path, monkeypatch, capsys):
+    """The plot is an extra: with matplotlib unimportable the example still runs to the end."""
+    for name in ("matplotlib", "matplotlib.pyplot", "tqdm"):
+        monkeypatch.setitem(sys.modules, name, None)   # `import name` now raises ImportError
+    result = _load("forecast").main([
+        "--length", "600", "--context", "16", "--horizon", "4", "--hidden", "8", "--batch", "8",
+        "--steps", "3", *_common(tmp_path, "auto")])
+    assert len(result["losses"]) == 3 and math.isfinite(result["test_mse"])
+    assert not (tmp_path / "forecast.png").exists()
+    assert "matplotlib is not installed" in capsys.readouterr().out
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.skipif(not hasattr(sys, "stdlib_module_names"), reason="Python >= 3.10")
+def test_examples_need_nothing_beyond_the_package():
+    """Only the standard library, torch, rnnkernels and the shared helper; matplotlib only in
+    the helper's optional pyplot()."""
+    allowed = set(sys.stdlib_module_names) | {"torch", "rnnkernels", "_common"}
+    for path in sorted(EXAMPLES.glob("*.py")):
+        extra = _top_level_imports(path) - allowed - ({"matplotlib"} if path.stem == "_common"
+                                                      else set())
+        assert not extra, f"{path.name} imports {sorted(extra)}, which rnnkernels does not declare"
+
+
+def test_backend_torch_builds_plain_torch_nn_modules():
+    common = _load("_common")
+    for name in ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"):
+        plain = common.recurrent(name, "torch", 3, 4)
+        ours = common.recurrent(name, "auto", 3, 4)
+        assert type(plain) is getattr(torch.nn, name)
+        assert type(ours) is getattr(rnnkernels, name) and ours.backend == "auto"
+        assert plain.state_dict().keys() == ours.state_dict().keys()
+    model = _load("seq2seq_reverse").Seq2Seq(8, 4, 6, "gru", "torch")
+    assert type(model.encoder) is torch.nn.GRU and type(model.decoder) is torch.nn.GRUCell
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -156,18 +208,20 @@ def test_vanishing_gradients(tmp_path, backend):
         _assert_learns(losses, 5, 0.2, f"vanishing_gradients {kind}")
         grads = result["results"][kind]["grad_init"]
         assert grads.shape == (6,) and bool(torch.isfinite(grads).all()) and bool((grads > 0).all())
-    assert (tmp_path / "vanishing_gradients.png").stat().st_size > 10_000
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "vanishing_gradients.png").stat().st_size > 10_000
 
 
 # One fresh interpreter runs every script as __main__ with --help (runpy), so the ~5 s import of
 # torch + rnnkernels is paid once, not five times. It starts outside the repository, so a script
 # also has to find rnnkernels the way a user's run would (installed, or the checkout fallback).
 _HELP_DRIVER = """
-import contextlib, io, json, runpy, sys
+import contextlib, io, json, os, runpy, sys
 paths, results = sys.argv[1:], {}
 for path in paths:
     buf = io.StringIO()
     sys.argv = [path, "--help"]
+    sys.path.insert(0, os.path.dirname(path))   # what `python path` does
     code = "returned without exiting"
     with contextlib.redirect_stdout(buf):
         try:
@@ -196,4 +250,5 @@ def test_help(help_texts, name):
     assert text.startswith("usage:"), text[:200]
     for flag in ("--backend", "--device", "--seed", "--out", "--quiet"):
         assert flag in text, f"{name} --help lacks {flag}"
+    assert "{auto,torch,cpu,cuda,triton,reference}" in text
     assert "--steps" in text or "--epochs" in text
