@@ -96,7 +96,12 @@ def why_not(name: str, device_type: str, dtype: torch.dtype) -> str | None:
 
 def available_backends(device: str | torch.device | None = None,
                        dtype: torch.dtype = torch.float32) -> list[str]:
-    """Names of the backends that can run on ``device`` (default: cuda if present, else cpu).
+    """Names of the scan backends that can run tensors of ``device`` and ``dtype`` here.
+
+    ``device`` defaults to cuda if present, else cpu; the names come in registry order
+    (``NAMES``), each one a backend whose ``supports()`` says yes in this installation (the
+    compiled extension built, triton importable, ...). Any of them, ``"auto"`` or ``"torch"``
+    (torch's own kernels, always there) is a valid ``backend=`` of the modules and functions.
 
     >>> "reference" in rnnkernels.available_backends("cpu")
     True
