@@ -9,8 +9,8 @@ Backends: "triton" (GPU), "cuda" and "cpu" (the compiled extension ``rnnkernels.
 """
 from . import _dynamo_setup, functional, ops  # noqa: F401  (_dynamo_setup: see its docstring)
 from .backends import available_backends
-from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert
+from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert, revert
 
-__version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert",
+from ._version import __version__  # the one version source
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "revert",
            "available_backends", "functional", "ops", "__version__"]

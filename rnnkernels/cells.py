@@ -41,6 +41,10 @@ class CellSpec:
                  states elementwise from ``source``'s previous value, so they come out in the
                  promoted dtype of the autocast dtype and the caller's ``source`` state (h is
                  exempt when a projection GEMM produces it); the rest stay in the autocast dtype
+    variants     the keyword options of the cell's recurrent variants (``rnnkernels/variants.py``,
+                 docs/VARIANTS.md), in signature order
+    peephole_gates  the gates that see the cell state through a peephole weight, in the row order
+                 of ``weight_ch`` (LSTM: i and f see c_{t-1}, o sees c_t)
     """
 
     name: str
@@ -52,6 +56,8 @@ class CellSpec:
     projection: bool = False
     hidden_bias_in_scan: bool = False
     autocast_promoted_from: tuple[tuple[str, str], ...] = ()
+    variants: tuple[str, ...] = ()
+    peephole_gates: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ sizes from tensors
     def hidden_size(self, w_hh: Tensor) -> int:
@@ -92,10 +98,12 @@ class CellSpec:
 
 LSTM = CellSpec("lstm", "LSTM", gates=4, gate_names=("i", "f", "g", "o"), states=("h", "c"),
                 workspaces=(("gates", 4), ("cs", 1)), projection=True,
-                autocast_promoted_from=(("h", "c"), ("c", "c")))
+                autocast_promoted_from=(("h", "c"), ("c", "c")),
+                variants=("peephole", "num_heads", "zoneout"), peephole_gates=("i", "f", "o"))
 GRU = CellSpec("gru", "GRU", gates=3, gate_names=("r", "z", "n"), states=("h",),
                workspaces=(("gates", 3), ("hn_lin", 1)), hidden_bias_in_scan=True,
-               autocast_promoted_from=(("h", "h"),))
-RNN = CellSpec("rnn", "RNN", gates=1, gate_names=("h",), states=("h",), workspaces=())
+               autocast_promoted_from=(("h", "h"),), variants=("num_heads", "zoneout"))
+RNN = CellSpec("rnn", "RNN", gates=1, gate_names=("h",), states=("h",), workspaces=(),
+               variants=("num_heads",))
 
 CELLS: dict[str, CellSpec] = {c.name: c for c in (LSTM, GRU, RNN)}

@@ -1,11 +1,15 @@
 """Layer-level functions: stacking, directions, packing, dropout and the input projection.
 
-``lstm``, ``gru``, ``rnn_tanh`` and ``rnn_relu`` take the same arguments as torch's
-``torch._VF.lstm`` / ``gru`` / ``rnn_*`` (a flat parameter list in torch's order and layout) plus a
-keyword ``backend``; they return ``(output, h_n[, c_n])``. For each layer and direction, the input
-projection of ALL steps is one GEMM (``projection.py``), and only the recurrence goes to the
-custom op (``torch.ops.rnnkernels.*_scan``), on the backend chosen by
-``rnnkernels.backends.resolve``.
+``lstm``, ``gru``, ``rnn_tanh`` and ``rnn_relu`` take torch's arguments (``torch._VF.lstm`` /
+``gru`` / ``rnn_*``): ``input``, ``hx``, ``params`` (the flat list ``module._flat_weights``: per
+layer and direction w_ih, w_hh[, b_ih, b_hh][, w_hr]), ``has_biases``, ``num_layers``,
+``dropout``, ``train``, ``bidirectional``, ``batch_first``; keyword-only ``batch_sizes`` (then
+``input`` is a PackedSequence's data) and ``backend`` (as the modules': "auto", a backend's
+name or "torch", see ``help(rnnkernels.LSTM)``). They return ``(output, h_n[, c_n])``. The cell
+functions take ``torch._VF.lstm_cell``'s (input, hx, w_ih, w_hh, b_ih, b_hh) plus ``backend``.
+For each layer and direction, the input projection of ALL steps is one GEMM (``projection.py``),
+and only the recurrence goes to the custom op (``torch.ops.rnnkernels.*_scan``), on the backend
+chosen by ``rnnkernels.backends.resolve``.
 
 Packed input is passed as (data [N, I], batch_sizes) and handled as padded [T, B, I] plus
 per-sequence lengths, so every backend sees one layout. Inter-layer dropout is applied to each
@@ -16,13 +20,16 @@ Example::
 
     >>> x = torch.randn(7, 3, 5)                       # [T, B, I]
     >>> m = torch.nn.LSTM(5, 4)
-    >>> out, (h, c) = rnnkernels.functional.lstm(x, (torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)),
+    >>> out, h, c = rnnkernels.functional.lstm(x, (torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)),
     ...     m._flat_weights, True, 1, 0.0, False, False, False)
     >>> out.shape                                      # [T, B, D*P]
     torch.Size([7, 3, 4])
+    >>> torch.allclose(out, m(x)[0], atol=1e-6)        # what torch.nn.LSTM computes
+    True
 """
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext as _no_ctx
 
 import torch
@@ -136,6 +143,11 @@ def _unsupported_autograd_mode(tensors) -> str | None:
     more, so such calls go to torch's own RNN (see ``backends.torch_route``). ``tensors`` is the
     call's tensors, or a function returning them (only called while forward AD is on: reading
     a module's parameters costs ~1 µs each, a cell step a few dozen)."""
+    if torch.jit.is_tracing():      # a trace records torch.nn's ops (aten::lstm), not ours
+        return "torch.jit.trace"
+    onnx = sys.modules.get("torch.onnx")      # unimported (64 ms to import): not exporting
+    if onnx is not None and onnx.is_in_onnx_export():  # Dynamo folds both checks to False
+        return "torch.onnx.export"
     if torch.compiler.is_compiling():
         return None
     if torch._C._functorch.peek_interpreter_stack() is not None:
@@ -209,12 +221,15 @@ def _layer_weights(cell: CellSpec, p: list[Tensor], has_biases: bool):
 
 def _run_layers(cell: CellSpec, x: Tensor, hx: list[Tensor], params: list[Tensor], per: int,
                 has_biases: bool, num_layers: int, dirs: int, dropout: float, train: bool,
-                mask: Tensor | None, lengths: Tensor | None, backend: str, relu: bool):
+                mask: Tensor | None, lengths: Tensor | None, backend: str, relu: bool,
+                variant=None):
     """Layers × directions: for each, the projection GEMM then the scan op. Returns the last
-    layer's output [T, B, D·P] and the final states, one list per state (h, c) over L·D."""
+    layer's output [T, B, D·P] and the final states, one list per state (h, c) over L·D.
+    ``variant`` (a ``variants.Call`` or None) gives each scan its part of the variants."""
     finals: list[list[Tensor]] = [[] for _ in cell.states]
     layer_in = x
     scan = ops.SCANS[cell.name]
+    extras = variant.per_scan(x, num_layers * dirs) if variant else [None] * (num_layers * dirs)
     for layer in range(num_layers):
         outs = []
         for d in range(dirs):
@@ -223,7 +238,7 @@ def _run_layers(cell: CellSpec, x: Tensor, hx: list[Tensor], params: list[Tensor
                                                           has_biases)
             xp = input_projection(layer_in, w_ih, bias)
             out, states = scan(xp, tuple(h[k].contiguous() for h in hx), w_hh, w_hr, b_hn,
-                               lengths, d == 1, relu, backend)
+                               lengths, d == 1, relu, backend, extras[k])
             outs.append(out)
             for acc, state in zip(finals, states):
                 acc.append(state)
@@ -288,33 +303,44 @@ def _stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: l
 
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_biases: bool,
          num_layers: int, dropout: float, train: bool, bidirectional: bool, batch_first: bool,
-         *, batch_sizes: Tensor | None = None, backend: str = "auto"):
-    """Multi-layer LSTM. input [T,B,I] ([B,T,I] if batch_first; packed data [N,I] with
-    ``batch_sizes``), hx = (h0 [L*D,B,P], c0 [L*D,B,H]) → (output [T,B,D*P], h_n, c_n)."""
+         *, batch_sizes: Tensor | None = None,
+         backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    """Multi-layer LSTM (``torch.nn.LSTM``'s computation; arguments: the module docstring).
+
+    input [T,B,I] ([B,T,I] if batch_first; packed data [N,I] with ``batch_sizes``),
+    hx = (h0 [L*D,B,P], c0 [L*D,B,H]) → (output [T,B,D*P], h_n [L*D,B,P], c_n [L*D,B,H])."""
     return _stack(CELLS["lstm"], "LSTM", input, list(hx), params, has_biases, num_layers,
                   dropout, train, bidirectional, batch_first, batch_sizes, backend)
 
 
 def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
         dropout: float, train: bool, bidirectional: bool, batch_first: bool,
-        *, batch_sizes: Tensor | None = None, backend: str = "auto"):
-    """Multi-layer GRU. input [T,B,I], hx = h0 [L*D,B,H] → (output [T,B,D*H], h_n)."""
+        *, batch_sizes: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Multi-layer GRU (``torch.nn.GRU``'s computation; arguments: the module docstring).
+
+    input [T,B,I] (as ``lstm``), hx = h0 [L*D,B,H] → (output [T,B,D*H], h_n [L*D,B,H])."""
     return _stack(CELLS["gru"], "GRU", input, [hx], params, has_biases, num_layers, dropout,
                   train, bidirectional, batch_first, batch_sizes, backend)
 
 
 def rnn_tanh(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
              dropout: float, train: bool, bidirectional: bool, batch_first: bool,
-             *, batch_sizes: Tensor | None = None, backend: str = "auto"):
-    """Multi-layer Elman RNN with tanh. input [T,B,I], hx [L*D,B,H] → (output, h_n)."""
+             *, batch_sizes: Tensor | None = None,
+             backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Multi-layer Elman RNN with tanh (``torch.nn.RNN``'s; arguments: the module docstring).
+
+    input [T,B,I] (as ``lstm``), hx = h0 [L*D,B,H] → (output [T,B,D*H], h_n [L*D,B,H])."""
     return _stack(CELLS["rnn"], "RNN", input, [hx], params, has_biases, num_layers, dropout,
                   train, bidirectional, batch_first, batch_sizes, backend, relu=False)
 
 
 def rnn_relu(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
              dropout: float, train: bool, bidirectional: bool, batch_first: bool,
-             *, batch_sizes: Tensor | None = None, backend: str = "auto"):
-    """Multi-layer Elman RNN with relu. input [T,B,I], hx [L*D,B,H] → (output, h_n)."""
+             *, batch_sizes: Tensor | None = None,
+             backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Multi-layer Elman RNN with relu (``torch.nn.RNN(nonlinearity='relu')``'s computation).
+
+    Arguments and shapes as ``rnn_tanh``."""
     return _stack(CELLS["rnn"], "RNN", input, [hx], params, has_biases, num_layers, dropout,
                   train, bidirectional, batch_first, batch_sizes, backend, relu=True)
 
@@ -336,28 +362,38 @@ def _one_step(cell: CellSpec, name: str, input: Tensor, states: tuple[Tensor, ..
 
 
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
-              b_ih: Tensor | None = None, b_hh: Tensor | None = None, *, backend: str = "auto"):
-    """One LSTM step: input [B,I], hx = (h [B,H], c [B,H]) → (h', c')."""
+              b_ih: Tensor | None = None, b_hh: Tensor | None = None, *,
+              backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """One LSTM step (``torch.nn.LSTMCell``'s computation, batched input only).
+
+    input [B,I], hx = (h [B,H], c [B,H]), w_ih [4H,I], w_hh [4H,H], b_ih, b_hh [4H] or None
+    → (h' [B,H], c' [B,H])."""
     h, c = _one_step(CELLS["lstm"], "LSTMCell", input, tuple(hx), w_ih, w_hh, b_ih, b_hh, backend)
     return h, c
 
 
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None, *, backend: str = "auto") -> Tensor:
-    """One GRU step: input [B,I], hx [B,H] → h'."""
+    """One GRU step (``torch.nn.GRUCell``'s computation, batched input only).
+
+    input [B,I], hx [B,H], w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H] or None → h' [B,H]."""
     return _one_step(CELLS["gru"], "GRUCell", input, (hx,), w_ih, w_hh, b_ih, b_hh, backend)[0]
 
 
 def rnn_tanh_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
                   b_ih: Tensor | None = None, b_hh: Tensor | None = None, *,
                   backend: str = "auto") -> Tensor:
-    """One Elman step with tanh: input [B,I], hx [B,H] → h'."""
+    """One Elman step with tanh (``torch.nn.RNNCell``'s computation, batched input only).
+
+    input [B,I], hx [B,H], w_ih [H,I], w_hh [H,H], b_ih, b_hh [H] or None → h' [B,H]."""
     return _one_step(CELLS["rnn"], "RNNCell", input, (hx,), w_ih, w_hh, b_ih, b_hh, backend)[0]
 
 
 def rnn_relu_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
                   b_ih: Tensor | None = None, b_hh: Tensor | None = None, *,
                   backend: str = "auto") -> Tensor:
-    """One Elman step with relu: input [B,I], hx [B,H] → h'."""
+    """One Elman step with relu (``torch.nn.RNNCell(nonlinearity='relu')``'s computation).
+
+    Arguments and shapes as ``rnn_tanh_cell``."""
     return _one_step(CELLS["rnn"], "RNNCell", input, (hx,), w_ih, w_hh, b_ih, b_hh, backend,
                      relu=True)[0]

@@ -13,12 +13,16 @@ Example::
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends
 from .. import functional as RF
+from . import _docs
+from .variant_mixins import CellVariants, LayerVariants
 
 class HiddenStateError(TypeError, RuntimeError, IndexError, AttributeError):
     """A malformed ``hx`` (wrong container, wrong number of states).
@@ -47,6 +51,36 @@ class _BackendMixin:
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
 
+    def __prepare_scriptable__(self):
+        """What ``torch.jit.script`` compiles in our place: the torch.nn twin that shares this
+        module's Parameters (``rnnkernels.revert``). TorchScript cannot compile our forward
+        (PackedSequence unpacking, backend dispatch in Python), and scripted code runs without
+        Python, where our kernels' dispatch lives; torch.nn's forward is what it knows."""
+        from .convert import revert     # convert imports this module
+        return revert(self)
+
+
+def _public(cls):
+    """Give a drop-in class its docstring and a constructor under its true signature.
+
+    The constructor is the mixin's: the arguments reach torch.nn's own constructor untouched,
+    so every call torch accepts works and every one it rejects fails with torch's exception.
+    Its ``__signature__`` (``_docs.SIGNATURES``: torch's documented parameters plus
+    ``backend``) is what ``inspect.signature`` and ``help()`` show. Not spelled-out parameters:
+    torch.nn.GRU and RNN accept more than they document (a positional ``proj_size``; a keyword
+    one fails with ValueError, not TypeError), and spelling theirs out would change such calls.
+    """
+    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+        super(cls, self).__init__(*args, backend=backend, **kwargs)
+
+    sig = _docs.SIGNATURES[cls.__name__]
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    __init__.__signature__ = sig.replace(parameters=[this, *sig.parameters.values()])
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__doc__ = f"torch.nn.{cls.__name__}'s constructor, then ``backend`` (see the class)."
+    cls.__init__, cls.__doc__ = __init__, _docs.DOCS[cls.__name__]
+    return cls
+
 
 def _describe(hx) -> str:
     if isinstance(hx, Tensor):
@@ -56,7 +90,7 @@ def _describe(hx) -> str:
     return type(hx).__name__
 
 
-class _RNNBaseMixin(_BackendMixin):
+class _RNNBaseMixin(LayerVariants, _BackendMixin):   # variants: variant_mixins.py
     """forward() for the three layer types, mirroring torch.nn's handling of every input form."""
 
     def _run(self, input, hx, batch_sizes):  # pragma: no cover - defined by each class
@@ -80,7 +114,9 @@ class _RNNBaseMixin(_BackendMixin):
                 return [getattr(self, n) if hasattr(self, n) else None for n in names]
         return list(self._flat_weights)
 
-    def forward(self, input, hx=None):
+    def forward(self, input: Tensor | PackedSequence,
+                hx: Tensor | tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor | PackedSequence, Tensor | tuple[Tensor, Tensor]]:
         is_lstm = self.mode == "LSTM"
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
@@ -129,7 +165,8 @@ class _RNNBaseMixin(_BackendMixin):
         self.check_forward_args(input, hx, batch_sizes)
         hx = self.permute_hidden(hx, sorted_indices)
 
-        output, hidden = self._run(input, hx, batch_sizes)
+        run = self._run if self._variant is None else self._variant_run
+        output, hidden = run(input, hx, batch_sizes)
         if packed:
             return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(hidden, unsorted_indices))
@@ -142,9 +179,8 @@ class _RNNBaseMixin(_BackendMixin):
         return dict(batch_sizes=batch_sizes, backend=self.backend)
 
 
+@_public   # docstring and signature: _docs.py
 class LSTM(_RNNBaseMixin, torch.nn.LSTM):
-    """``torch.nn.LSTM`` with fused kernels; same constructor plus ``backend="auto"``."""
-
     def _run(self, input, hx, batch_sizes):
         out, h, c = RF.lstm(input, hx, self._weights(), self.bias, self.num_layers,
                             float(self.dropout), self.training, self.bidirectional,
@@ -152,18 +188,16 @@ class LSTM(_RNNBaseMixin, torch.nn.LSTM):
         return out, (h, c)
 
 
+@_public   # docstring and signature: _docs.py
 class GRU(_RNNBaseMixin, torch.nn.GRU):
-    """``torch.nn.GRU`` with fused kernels; same constructor plus ``backend="auto"``."""
-
     def _run(self, input, hx, batch_sizes):
         return RF.gru(input, hx, self._weights(), self.bias, self.num_layers,
                       float(self.dropout), self.training, self.bidirectional, self.batch_first,
                       **self._args(batch_sizes))
 
 
+@_public   # docstring and signature: _docs.py
 class RNN(_RNNBaseMixin, torch.nn.RNN):
-    """``torch.nn.RNN`` (tanh or relu) with fused kernels; same constructor plus ``backend``."""
-
     def _run(self, input, hx, batch_sizes):
         # torch.nn.RNN fixes `mode` at construction and dispatches on it, not on `nonlinearity`
         # (which a user may reassign later without effect); so do we.
@@ -174,7 +208,7 @@ class RNN(_RNNBaseMixin, torch.nn.RNN):
 
 
 # ---------------------------------------------------------------------------------- the cells
-class _CellMixin(_BackendMixin):
+class _CellMixin(CellVariants, _BackendMixin):   # variants: variant_mixins.py
     def _on_torch(self, input: Tensor, hx) -> bool:
         """Whether this call runs torch.nn's own forward (``functional.cell_on_torch``)."""
         def tensors():
@@ -228,10 +262,12 @@ class _CellMixin(_BackendMixin):
         return input, states, is_batched
 
 
+@_public   # docstring and signature: _docs.py
 class LSTMCell(_CellMixin, torch.nn.LSTMCell):
-    """``torch.nn.LSTMCell`` with fused kernels; same constructor plus ``backend="auto"``."""
-
-    def forward(self, input: Tensor, hx=None):
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, Tensor]:
+        if self._variant is not None:
+            return self._variant_step(input, hx)
         if self._on_torch(input, hx):
             return super().forward(input, hx)
         input, (h, c), is_batched = self._prepare(input, hx, 2)
@@ -240,10 +276,11 @@ class LSTMCell(_CellMixin, torch.nn.LSTMCell):
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
+@_public   # docstring and signature: _docs.py
 class GRUCell(_CellMixin, torch.nn.GRUCell):
-    """``torch.nn.GRUCell`` with fused kernels; same constructor plus ``backend="auto"``."""
-
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if self._variant is not None:
+            return self._variant_step(input, hx)
         if self._on_torch(input, hx):
             return super().forward(input, hx)
         input, (h,), is_batched = self._prepare(input, hx, 1)
@@ -252,10 +289,11 @@ class GRUCell(_CellMixin, torch.nn.GRUCell):
         return h if is_batched else h.squeeze(0)
 
 
+@_public   # docstring and signature: _docs.py
 class RNNCell(_CellMixin, torch.nn.RNNCell):
-    """``torch.nn.RNNCell`` (tanh or relu) with fused kernels; same constructor plus ``backend``."""
-
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if self._variant is not None:
+            return self._variant_step(input, hx)
         if self._on_torch(input, hx):
             return super().forward(input, hx)
         input, (h,), is_batched = self._prepare(input, hx, 1)

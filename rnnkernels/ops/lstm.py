@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..cells import CELLS
 from . import _common as C
+from . import variants
 
 CELL = CELLS["lstm"]
 
@@ -90,8 +91,12 @@ lstm_scan.register_autograd(_backward, setup_context=_setup_context)
 C.forbid_double_backward(lstm_scan_backward, "rnnkernels::lstm_scan")
 
 
-def scan(xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu, backend):
-    """One direction of one layer: (out, (h_n, c_n)). ``functional`` calls every cell this way."""
+def scan(xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu, backend, variant=None):
+    """One direction of one layer: (out, (h_n, c_n)). ``functional`` calls every cell this way;
+    a scan with a ``variant`` (peephole, head-wise, zoneout) runs ``ops/variants.py``'s."""
+    if variant is not None:
+        return variants.scan(CELL, xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu,
+                             backend, variant)
     h0, c0 = states
     save = C.needs_grad(xp, h0, c0, w_hh, w_hr)
     out, h_n, c_n, _, _ = lstm_scan(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, backend)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..cells import CELLS
 from . import _common as C
+from . import variants
 
 CELL = CELLS["rnn"]
 
@@ -77,8 +78,12 @@ rnn_scan.register_autograd(_backward, setup_context=_setup_context)
 C.forbid_double_backward(rnn_scan_backward, "rnnkernels::rnn_scan")
 
 
-def scan(xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu, backend):
-    """One direction of one layer: (out, (h_n,)). ``functional`` calls every cell this way."""
+def scan(xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu, backend, variant=None):
+    """One direction of one layer: (out, (h_n,)). ``functional`` calls every cell this way;
+    a scan with a ``variant`` (peephole, head-wise, zoneout) runs ``ops/variants.py``'s."""
+    if variant is not None:
+        return variants.scan(CELL, xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu,
+                             backend, variant)
     (h0,) = states
     save = C.needs_grad(xp, h0, w_hh)
     out, h_n = rnn_scan(xp, h0, w_hh, lengths, reverse, relu, save, backend)
