@@ -29,17 +29,17 @@ Example::
 """
 from __future__ import annotations
 
-import sys
 from contextlib import nullcontext as _no_ctx
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import backends, ops
 from .cells import CELLS, CellSpec
 from .projection import input_projection
+from .routes import cell_route, fused_step, fused_step_usable, torch_fn, torch_stack
+from .routes import unsupported_autograd_mode as _unsupported_autograd_mode
 
 __all__ = ["lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell",
            "rnn_relu_cell"]
@@ -135,64 +135,6 @@ def _from_time_major(output: Tensor, mask: Tensor | None, batch_first: bool) -> 
     return output.transpose(0, 1) if batch_first else output
 
 
-def _unsupported_autograd_mode(tensors) -> str | None:
-    """The autograd mode of this call that the scan ops cannot differentiate, or None.
-
-    The scans' autograd formula is a first-order reverse scan: forward-mode AD (a dual tensor
-    among the inputs) and torch.func transforms (grad, vjp, jacrev, jacfwd, jvp, vmap) need
-    more, so such calls go to torch's own RNN (see ``backends.torch_route``). ``tensors`` is the
-    call's tensors, or a function returning them (only called while forward AD is on: reading
-    a module's parameters costs ~1 µs each, a cell step a few dozen)."""
-    if torch.jit.is_tracing():      # a trace records torch.nn's ops (aten::lstm), not ours
-        return "torch.jit.trace"
-    onnx = sys.modules.get("torch.onnx")      # unimported (64 ms to import): not exporting
-    if onnx is not None and onnx.is_in_onnx_export():  # Dynamo folds both checks to False
-        return "torch.onnx.export"
-    if torch.compiler.is_compiling():
-        return None
-    if torch._C._functorch.peek_interpreter_stack() is not None:
-        return "a torch.func transform (grad, vjp, jacrev, jacfwd, jvp, vmap)"
-    if fwAD._current_level >= 0:
-        if callable(tensors):
-            tensors = tensors()
-        if any(isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None
-               for t in tensors):
-            return "forward-mode AD (dual tensors)"
-    return None
-
-
-def _torch_stack(cell: CellSpec, input: Tensor, hx: list[Tensor], params: list[Tensor],
-                 has_biases: bool, num_layers: int, dropout: float, train: bool,
-                 bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None, relu: bool):
-    """The whole call on torch's own RNN (``torch._VF``), exactly what torch.nn runs."""
-    fn = _torch_fn(cell, relu, step=False)
-    states = tuple(hx) if len(cell.states) > 1 else hx[0]
-    if batch_sizes is not None:
-        result = fn(input, batch_sizes, states, params, has_biases, num_layers, dropout, train,
-                    bidirectional)
-    else:
-        result = fn(input, states, params, has_biases, num_layers, dropout, train, bidirectional,
-                    batch_first)
-    return tuple(result)
-
-
-def _torch_fn(cell: CellSpec, relu: bool, step: bool):
-    """torch's own function for a cell: the layer (``torch._VF.lstm``) or one step
-    (``lstm_cell``), as torch.nn calls them."""
-    name = "rnn_relu" if cell.name == "rnn" and relu else \
-        "rnn_tanh" if cell.name == "rnn" else cell.name
-    return getattr(torch._VF, f"{name}_cell" if step else name)
-
-
-def cell_on_torch(backend: str, device_type: str, tensors) -> bool:
-    """Whether a one-step cell call runs torch's own cell (``backends.torch_route``): by name,
-    in an autograd mode the scans lack, or under ``auto`` on the CPU, where one step of torch's
-    cell costs less than a scan call, whose cost is per call (bench/decode.py;
-    bench/results/cpu-20261201/README.md). ``tensors``: as ``_unsupported_autograd_mode``."""
-    return backends.torch_route(backend, _unsupported_autograd_mode(tensors),
-                                torch_is_faster=device_type == "cpu")
-
-
 def _resolve(backend: str, device_type: str, dtype: torch.dtype) -> str:
     """The backend for a call. Marked ``assume_constant_result`` once Dynamo is loaded
     (``rnnkernels/_dynamo_setup.py``): under torch.compile it runs once at trace time and its
@@ -229,13 +171,23 @@ def _run_layers(cell: CellSpec, x: Tensor, hx: list[Tensor], params: list[Tensor
     finals: list[list[Tensor]] = [[] for _ in cell.states]
     layer_in = x
     scan = ops.SCANS[cell.name]
+    one_step = x.shape[0] == 1 and lengths is None and variant is None and \
+        fused_step_usable(backend, x)      # T = 1: a fused step per layer (routes.py)
     extras = variant.per_scan(x, num_layers * dirs) if variant else [None] * (num_layers * dirs)
     for layer in range(num_layers):
         outs = []
         for d in range(dirs):
             k = layer * dirs + d
-            w_ih, w_hh, bias, b_hn, w_hr = _layer_weights(cell, params[k * per:(k + 1) * per],
-                                                          has_biases)
+            p = params[k * per:(k + 1) * per]
+            if one_step:
+                states = fused_step(cell, relu, layer_in[0], [h[k] for h in hx], p[0], p[1],
+                                    *(p[2:4] if has_biases else (None, None)),
+                                    p[-1] if per in (3, 5) else None)
+                outs.append(states[0][None])
+                for acc, state in zip(finals, states):
+                    acc.append(state)
+                continue
+            w_ih, w_hh, bias, b_hn, w_hr = _layer_weights(cell, p, has_biases)
             xp = input_projection(layer_in, w_ih, bias)
             out, states = scan(xp, tuple(h[k].contiguous() for h in hx), w_hh, w_hr, b_hn,
                                lengths, d == 1, relu, backend, extras[k])
@@ -276,7 +228,7 @@ def _stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: l
     """A whole multi-layer call; returns (output, *final states) in the caller's layout."""
     params = list(params)
     if backends.torch_route(backend, _unsupported_autograd_mode([input, *hx, *params])):
-        return _torch_stack(cell, input, hx, params, has_biases, num_layers, dropout, train,
+        return torch_stack(cell, input, hx, params, has_biases, num_layers, dropout, train,
                             bidirectional, batch_first, batch_sizes, relu)
     dirs = 2 if bidirectional else 1
     per = _params_per_direction(name, params, num_layers, dirs)
@@ -351,9 +303,12 @@ def _one_step(cell: CellSpec, name: str, input: Tensor, states: tuple[Tensor, ..
               relu: bool = False) -> list[Tensor]:
     """A cell call is a one-layer, one-step stack: input [B,I], states [B,*] → new states."""
     params = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
-    if cell_on_torch(backend, input.device.type, [input, *states, *params]):
+    route = cell_route(backend, input, [input, *states, *params])
+    if route == "step":
+        return fused_step(cell, relu, input, states, w_ih, w_hh, b_ih, b_hh)
+    if route == "torch":
         # torch's cell function, as torch.nn's cells call it (composite: vmap works there)
-        result = _torch_fn(cell, relu, step=True)(
+        result = torch_fn(cell, relu, step=True)(
             input, states if len(states) > 1 else states[0], w_ih, w_hh, b_ih, b_hh)
         return list(result) if len(states) > 1 else [result]
     _, *finals = _stack(cell, name, input.unsqueeze(0), [h[None] for h in states], params,

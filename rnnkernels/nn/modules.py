@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from .. import backends
+from .. import backends, routes
 from .. import functional as RF
+from ..cells import CELLS
 from . import _docs
 from .variant_mixins import CellVariants, LayerVariants
 
@@ -209,13 +210,18 @@ class RNN(_RNNBaseMixin, torch.nn.RNN):
 
 # ---------------------------------------------------------------------------------- the cells
 class _CellMixin(CellVariants, _BackendMixin):   # variants: variant_mixins.py
-    def _on_torch(self, input: Tensor, hx) -> bool:
-        """Whether this call runs torch.nn's own forward (``functional.cell_on_torch``)."""
+    def _route(self, input: Tensor, hx) -> str:
+        """This call's route (``routes.cell_route``): "torch" runs torch.nn's own forward,
+        "step" the fused C++ step, "scan" a one-step scan on the module's backend."""
         def tensors():
             states = () if hx is None else tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
             return (input, *states, *self.parameters())
 
-        return RF.cell_on_torch(self.backend, input.device.type, tensors)
+        return routes.cell_route(self.backend, input, tensors)
+
+    def _step(self, input: Tensor, states, relu: bool = False) -> list[Tensor]:
+        return routes.fused_step(CELLS[self._cell], relu, input, states, self.weight_ih,
+                                 self.weight_hh, self.bias_ih, self.bias_hh)
 
     def _prepare(self, input: Tensor, hx, n_states: int):
         name = type(self).__name__
@@ -264,26 +270,38 @@ class _CellMixin(CellVariants, _BackendMixin):   # variants: variant_mixins.py
 
 @_public   # docstring and signature: _docs.py
 class LSTMCell(_CellMixin, torch.nn.LSTMCell):
+    _cell = "lstm"     # its CellSpec in cells.CELLS
+
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor, Tensor]:
         if self._variant is not None:
             return self._variant_step(input, hx)
-        if self._on_torch(input, hx):
+        route = self._route(input, hx)
+        if route == "torch":
             return super().forward(input, hx)
         input, (h, c), is_batched = self._prepare(input, hx, 2)
-        h, c = RF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
-                            self.bias_hh, backend=self.backend)
+        if route == "step":
+            h, c = self._step(input, (h, c))
+        else:
+            h, c = RF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
+                                self.bias_hh, backend=self.backend)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
 @_public   # docstring and signature: _docs.py
 class GRUCell(_CellMixin, torch.nn.GRUCell):
+    _cell = "gru"     # its CellSpec in cells.CELLS
+
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         if self._variant is not None:
             return self._variant_step(input, hx)
-        if self._on_torch(input, hx):
+        route = self._route(input, hx)
+        if route == "torch":
             return super().forward(input, hx)
         input, (h,), is_batched = self._prepare(input, hx, 1)
+        if route == "step":
+            (h,) = self._step(input, (h,))
+            return h if is_batched else h.squeeze(0)
         h = RF.gru_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                         backend=self.backend)
         return h if is_batched else h.squeeze(0)
@@ -291,12 +309,18 @@ class GRUCell(_CellMixin, torch.nn.GRUCell):
 
 @_public   # docstring and signature: _docs.py
 class RNNCell(_CellMixin, torch.nn.RNNCell):
+    _cell = "rnn"     # its CellSpec in cells.CELLS
+
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         if self._variant is not None:
             return self._variant_step(input, hx)
-        if self._on_torch(input, hx):
+        route = self._route(input, hx)
+        if route == "torch":
             return super().forward(input, hx)
         input, (h,), is_batched = self._prepare(input, hx, 1)
+        if route == "step" and self.nonlinearity in ("tanh", "relu"):
+            (h,) = self._step(input, (h,), relu=self.nonlinearity == "relu")
+            return h if is_batched else h.squeeze(0)
         if self.nonlinearity == "tanh":
             fn = RF.rnn_tanh_cell
         elif self.nonlinearity == "relu":
