@@ -14,7 +14,7 @@ import torch
 import rnnkernels
 from rnnkernels import routes
 from rnnkernels.backends import cell_step
-from tests.helpers import assert_close
+from tests.helpers import assert_close, assert_same_error
 
 pytestmark = pytest.mark.skipif(not cell_step.AVAILABLE,
                                 reason=f"no fused cell step here: {cell_step.ERROR}")
@@ -142,3 +142,26 @@ def test_routes_elsewhere_when_the_step_cannot_run(spy, monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not routes.fused_step_usable("auto", x)
     assert spy == []
+
+
+BAD_CALLS = {   # name: (input, states of hidden size H); torch's error for each
+    "input_size": (lambda: torch.randn(3, 4), lambda H: [torch.randn(3, H)] * 2),
+    "batch": (lambda: torch.randn(3, 5), lambda H: [torch.randn(2, H)] * 2),
+    "hidden": (lambda: torch.randn(3, 5), lambda H: [torch.randn(3, H + 1)] * 2),
+    "hx_1d": (lambda: torch.randn(3, 5), lambda H: [torch.randn(H)] * 2),
+    "hx_3d": (lambda: torch.randn(3, 5), lambda H: [torch.randn(1, 3, H)] * 2),
+    "dtype": (lambda: torch.randn(3, 5), lambda H: [torch.randn(3, H, dtype=F64)] * 2),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_CALLS))
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_fast_path_errors_are_torchs(cls, bad):
+    """The fused step skips the Python checks on a well-formed call; a malformed one still gets
+    torch's exception type, and torch's message wherever torch's cell checks it itself (a dtype
+    mismatch is only caught by torch's GEMM, with a GEMM's message)."""
+    ref, ours = twins(cls, {}, dtype=torch.float32)
+    make_x, make_states = BAD_CALLS[bad]
+    x, states = make_x(), make_states(6)
+    hx = tuple(states) if cls == "LSTMCell" else states[0]
+    assert_same_error(lambda: ref(x, hx), lambda: ours(x, hx), exact=bad != "dtype")

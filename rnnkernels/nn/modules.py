@@ -223,6 +223,16 @@ class _CellMixin(CellVariants, _BackendMixin):   # variants: variant_mixins.py
         return routes.fused_step(CELLS[self._cell], relu, input, states, self.weight_ih,
                                  self.weight_hh, self.bias_ih, self.bias_hh)
 
+    def _checked_step(self, input: Tensor, hx, states, relu: bool = False) -> list[Tensor]:
+        """The fused step on a batched call with its states given, without the Python argument
+        checks: the extension checks every shape and dtype it reads; only when it refuses does
+        ``_prepare`` run, to raise torch's own error for the call (else the extension's)."""
+        try:
+            return self._step(input, states, relu)
+        except RuntimeError:
+            self._prepare(input, hx, len(states))
+            raise
+
     def _prepare(self, input: Tensor, hx, n_states: int):
         name = type(self).__name__
         if input.dim() not in (1, 2):
@@ -279,6 +289,8 @@ class LSTMCell(_CellMixin, torch.nn.LSTMCell):
         route = self._route(input, hx)
         if route == "torch":
             return super().forward(input, hx)
+        if route == "step" and input.dim() == 2 and type(hx) is tuple and len(hx) == 2:
+            return tuple(self._checked_step(input, hx, hx))
         input, (h, c), is_batched = self._prepare(input, hx, 2)
         if route == "step":
             h, c = self._step(input, (h, c))
@@ -298,6 +310,8 @@ class GRUCell(_CellMixin, torch.nn.GRUCell):
         route = self._route(input, hx)
         if route == "torch":
             return super().forward(input, hx)
+        if route == "step" and input.dim() == 2 and isinstance(hx, Tensor):
+            return self._checked_step(input, hx, (hx,))[0]
         input, (h,), is_batched = self._prepare(input, hx, 1)
         if route == "step":
             (h,) = self._step(input, (h,))
@@ -317,6 +331,9 @@ class RNNCell(_CellMixin, torch.nn.RNNCell):
         route = self._route(input, hx)
         if route == "torch":
             return super().forward(input, hx)
+        if route == "step" and input.dim() == 2 and isinstance(hx, Tensor) and \
+                self.nonlinearity in ("tanh", "relu"):
+            return self._checked_step(input, hx, (hx,), self.nonlinearity == "relu")[0]
         input, (h,), is_batched = self._prepare(input, hx, 1)
         if route == "step" and self.nonlinearity in ("tanh", "relu"):
             (h,) = self._step(input, (h,), relu=self.nonlinearity == "relu")
