@@ -46,7 +46,7 @@ struct RowsDot {
   void* out = nullptr;         // [B, N]
 };
 
-// The instruction-set builds (cell_step_generic.cpp, cell_step_avx2.cpp); cell_step_forward /
+// The instruction-set builds (in scan_generic.cpp, scan_avx2.cpp); cell_step_forward /
 // cell_step_backward below run the one the scans run (cpu::isa(), csrc/cpu/scan_cpu.h).
 #if defined(__x86_64__) || defined(__i386__)
 constexpr bool kCellStepAvx2Build = true;

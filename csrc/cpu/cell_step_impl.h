@@ -1,6 +1,6 @@
-// csrc/cpu/cell_step_impl.h — the kernels of csrc/cpu/cell_step.h. Included by
-// cell_step_generic.cpp and cell_step_avx2.cpp, each defining RNNK_CPU_ISA first, as the scans
-// (scan_common.h); do not include it anywhere else.
+// csrc/cpu/cell_step_impl.h — the kernels of csrc/cpu/cell_step.h. Included by the scans'
+// instruction-set builds (scan_generic.cpp, scan_avx2.cpp) after scan_impl.h, under the same
+// RNNK_CPU_ISA; do not include it anywhere else.
 //
 // A cell step is the scans' pointwise pass (scan_step.h) at T = 1 with a Step of its own: the
 // same cell_io.h units, but the hidden side's GEMM result, h_{t-1} and c_{t-1} come from the

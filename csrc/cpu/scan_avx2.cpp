@@ -1,7 +1,8 @@
-// The CPU scans compiled for AVX2 + FMA, chosen at run time by scan_dispatch.cpp when the CPU
-// has both. The target pragma covers only the kernels: every standard header is included before
-// it, so no inline library function is emitted with AVX2 code that a generic caller could link
-// against (the kernel helpers themselves are always inlined or have internal linkage).
+// The CPU scans and the cell step compiled for AVX2 + FMA, chosen at run time when the CPU has
+// both (scan_dispatch.cpp, cell_step.h). The target pragma covers only the kernels: every
+// standard header is included before it, so no inline library function is emitted with AVX2
+// code that a generic caller could link against (the kernel helpers themselves are always
+// inlined or have internal linkage).
 #if defined(__x86_64__) || defined(__i386__)
 #include <algorithm>
 #include <cmath>
@@ -22,6 +23,7 @@
 #endif
 #define RNNK_CPU_ISA avx2
 #include "scan_impl.h"
+#include "cell_step_impl.h"   // the cell step's kernels: same build, same ISA
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
