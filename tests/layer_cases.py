@@ -219,17 +219,20 @@ def run_layer(module: nn.Module, case: LayerCase, inputs: LayerInputs, grad: boo
     else:
         out, state = module(feed, h0)
     states = {"h_n": state[0], "c_n": state[1]} if is_lstm(case.mode) else {"h_n": state}
-    grads: dict[str, torch.Tensor | None] = {}
-    if grad:
-        leaves = {"input": x}
-        if h0 is not None:
-            leaves["h0"] = h0
-        if c0 is not None:
-            leaves["c0"] = c0
-        leaves.update(dict(module.named_parameters()))
-        got = torch.autograd.grad(loss_of(out, states), list(leaves.values()), allow_unused=True)
-        grads = dict(zip(leaves.keys(), got))
+    grads = _grads(loss_of(out, states), module, x, h0, c0) if grad else {}
     return Run(out, states, grads)
+
+
+def _grads(loss: torch.Tensor, module: nn.Module, x, h0, c0) -> dict[str, torch.Tensor | None]:
+    """The gradients of ``loss`` by name: the input, h0/c0 where given, every parameter."""
+    leaves = {"input": x}
+    if h0 is not None:
+        leaves["h0"] = h0
+    if c0 is not None:
+        leaves["c0"] = c0
+    leaves.update(dict(module.named_parameters()))
+    got = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return dict(zip(leaves.keys(), got))
 
 
 def run_cell(module: nn.Module, mode: str, x: torch.Tensor, h0, c0, grad: bool = True) -> Run:
@@ -244,13 +247,6 @@ def run_cell(module: nn.Module, mode: str, x: torch.Tensor, h0, c0, grad: bool =
         states = {"h_n": module(x) if h0 is None else module(x, h0)}
     grads: dict[str, torch.Tensor | None] = {}
     if grad:
-        leaves = {"input": x}
-        if h0 is not None:
-            leaves["h0"] = h0
-        if c0 is not None:
-            leaves["c0"] = c0
-        leaves.update(dict(module.named_parameters()))
         loss = sum(_loss_term(s, 303 + k) for k, (_, s) in enumerate(sorted(states.items())))
-        got = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        grads = dict(zip(leaves.keys(), got))
+        grads = _grads(loss, module, x, h0, c0)
     return Run(None, states, grads)
