@@ -4,7 +4,8 @@
 //
 // Why: torch's CPU cells (at::lstm_cell, ...) are composites of about a dozen ATen ops, each a
 // dispatcher call and, in grad mode, an autograd node whose backward walks that graph. Here:
-//   forward   gx = x·W_ihᵀ (+ b_ih), gh = h·W_hhᵀ (+ b_hh) (ATen GEMMs), then one pointwise pass
+//   forward   gx = x·W_ihᵀ (+ b_ih), gh = h·W_hhᵀ (+ b_hh) (ATen GEMMs; the LSTM's and Elman
+//             cell's gh accumulates into gx from batch 2 on, see step_forward), then one pointwise pass
 //             (csrc/cpu/cell_step.h: the scans' cell_io.h units) on gx + gh (GRU: torch's
 //             n = tanh(gx_n + r ⊙ gh_n)) → h_t (LSTM with projection: · W_hrᵀ), c_t
 //   backward  one pointwise pass → dG, the d pre-activations, then only the GEMMs of gradients
@@ -155,12 +156,19 @@ struct Forward {
 
 Forward step_forward(Cell cell, const Inputs& in, const Sizes& s, bool save) {
   const bool lstm = cell == Cell::kLSTM, gru = cell == Cell::kGRU;
-  const Tensor gx = linear(in[kX], in[kWih], in[kBih]).contiguous();
-  const Tensor gh = linear(in[kH], in[kWhh], in[kBhh]).contiguous();
+  // The LSTM and the Elman cell need only xp + gh: from batch 2 on (MKL's GEMMs) in fp32/fp64,
+  // h·W_hhᵀ accumulates into x·W_ihᵀ + b_ih (beta = 1) and b_hh joins in the pointwise pass,
+  // saving a [B, G·H] buffer, its bias fill and its read (cell_step.h). Half types keep two
+  // GEMMs: each rounds its own output, as torch's cells do.
+  const at::ScalarType dt = in[kX].scalar_type();
+  const bool fold = !gru && s.B > 1 && (dt == at::kFloat || dt == at::kDouble);
+  Tensor gx = linear(in[kX], in[kWih], in[kBih]).contiguous();
+  if (fold) gx.addmm_(in[kH], in[kWhh].t());
+  const Tensor gh = fold ? (in[kBhh].defined() ? in[kBhh].contiguous() : Tensor())
+                         : linear(in[kH], in[kWhh], in[kBhh]).contiguous();
   const Tensor h_prev = gru ? in[kH].contiguous() : Tensor();
   const Tensor c_prev = lstm ? in[kC].contiguous() : Tensor();
   const auto opts = in[kX].options();
-  const at::ScalarType dt = in[kX].scalar_type();
   Forward f;
   const Tensor out = alloc({s.B, s.H}, opts);
   if (lstm) f.c = alloc({s.B, s.H}, opts);
@@ -169,6 +177,7 @@ Forward step_forward(Cell cell, const Inputs& in, const Sizes& s, bool save) {
   ScanArgs& a = st.a;
   a.xp = ptr(gx);
   st.gh = ptr(gh);
+  st.gh_is_bias = fold;
   a.h0 = ptr(h_prev);
   a.c0 = ptr(c_prev);
   a.out = mptr(out);

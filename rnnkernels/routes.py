@@ -91,10 +91,10 @@ def fused_step_usable(backend: str, x: Tensor) -> bool:
     has, when the extension has it; not while compiling (Dynamo cannot trace a C function, so
     compiled code keeps the scan op) nor under CPU autocast (torch's cells cast op by op, which
     the step does not)."""
-    # Cheapest checks first: this runs on every cell call.
-    return (backend in ("auto", "cpu") and x.dtype in _STEP_DTYPES and not x.is_cuda
+    # Cheapest checks first: this runs on every cell call (x.is_cpu: 0.1 µs, x.device.type 0.8).
+    return (backend in ("auto", "cpu") and x.is_cpu and x.dtype in _STEP_DTYPES
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
-            and x.device.type == "cpu" and bool(_steps())
+            and bool(_steps())
             and (backend == "cpu" or backends.requested(backend) in ("auto", "cpu")))
 
 
@@ -114,8 +114,9 @@ def cell_route(backend: str, x: Tensor, tensors) -> str:
     step, else torch's own cell (cheaper per call than a one-step scan); ``cpu`` takes the step
     where it can run, the scan otherwise; other backends their scan. ``tensors``: as
     ``unsupported_autograd_mode``."""
+    usable = fused_step_usable(backend, x)     # the cheaper check first: it decides most calls
     mode = unsupported_autograd_mode(tensors)
-    if mode is None and fused_step_usable(backend, x):
+    if usable and mode is None:
         return "step"
     if backends.torch_route(backend, mode, torch_is_faster=x.device.type == "cpu"):
         return "torch"

@@ -28,7 +28,11 @@ namespace cpu {
 
 struct CellStep {
   ScanArgs a;                 // T = 1, the fields listed above
-  const void* gh = nullptr;   // [B, G·H] storage dtype
+  const void* gh = nullptr;   // [B, G·H] storage dtype; see gh_is_bias
+  // The LSTM's and Elman cell's gates need only the sum xp + gh, so their callers may do the
+  // hidden side's GEMM into xp (one buffer, no separate gh to write and read back): gh is then
+  // b_hh [G·H] (the same row for every b), or null without biases.
+  bool gh_is_bias = false;
   void* dgh = nullptr;        // [B, G·H] storage dtype, GRU backward
   void* dh_direct = nullptr;  // [B, H] storage dtype, GRU backward
 };

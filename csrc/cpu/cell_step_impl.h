@@ -48,7 +48,8 @@ struct CellStepForward : CellStepBase<C, S> {
   CellStepForward(const ScanArgs& a, const CellStep& st, int64_t, int64_t b)
       : Base(a, b),
         r(forward_row<S, A>(a, 0, b)),
-        gh(static_cast<const S*>(st.gh) + b * Base::G * a.H),
+        gh(st.gh_is_bias ? static_cast<const S*>(st.gh)
+                         : static_cast<const S*>(st.gh) + b * Base::G * a.H),
         h0(Base::at(static_cast<const S*>(a.h0), this->unit0)),
         c0(Base::at(static_cast<const S*>(a.c0), this->unit0)),
         c_n(Base::at(static_cast<S*>(a.c_n), this->unit0)) {}
@@ -60,7 +61,7 @@ struct CellStepForward : CellStepBase<C, S> {
     // h_{t-1}·W_hhᵀ (gate stride L), h_{t-1} (GRU), c_{t-1} → c_t (LSTM), h_t (also stored to
     // the output by the unit)
     A gh_acc[G * L], h_prev[L], c[L], h[L];
-    for (int q = 0; q < G; ++q) io.store(gh_acc + q * L, io.load(gh + q * H + j));
+    for (int q = 0; q < G; ++q) io.store(gh_acc + q * L, gh ? io.load(gh + q * H + j) : io.zero());
     if constexpr (C == Cell::kGRU) io.store(h_prev, io.load(h0 + j));
     if constexpr (C == Cell::kLSTM) io.store(c, io.load(c0 + j));
     forward_unit<C, typename Base::M>(io, r, H, j, gh_acc, L, h_prev, c, h);

@@ -45,10 +45,11 @@ void test_activations() {
            -87.0f, 88.0f, 3e-7, 0);
   check_fn("sigmoid", [](v8f x) { return VecMathF::sigmoid(x); },
            [](double x) { return 1 / (1 + std::exp(-x)); }, -30.0f, 30.0f, 3e-7, 0);
+  // tanh: 3e-7 with FMA contraction, 4e-7 without (this test's build has none; simd.h says why)
   check_fn("tanh", [](v8f x) { return VecMathF::tanh(x); }, [](double x) { return std::tanh(x); },
-           -20.0f, 20.0f, 3e-7, 0);
+           -20.0f, 20.0f, 4e-7, 0);
   check_fn("tanh", [](v8f x) { return VecMathF::tanh(x); }, [](double x) { return std::tanh(x); },
-           -1e-3f, 1e-3f, 3e-7, 0);
+           -1e-3f, 1e-3f, 4e-7, 0);
   // saturation and special values
   v8f x = {-1000.0f, 1000.0f, 0.0f, -0.0f, std::numeric_limits<float>::quiet_NaN(),
            std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),

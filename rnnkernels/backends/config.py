@@ -21,10 +21,43 @@ class Setting:
 
     def read(self) -> str:
         """The value from the environment (the default when unset or empty), validated."""
-        raw = os.environ.get(self.env, "").strip() or self.default
+        got = _raw_environ(self.env)
+        hit = _validated.get((self.env, got))
+        if hit is not None:
+            return hit
+        raw = (os.environ.get(self.env, "") if got is _NO_FAST_READ else
+               "" if got is None else os.environ.decodevalue(got)).strip() or self.default
         if self.values and raw not in self.values:
             raise ValueError(f"{self.env}={raw!r} is not one of {self.values}")
+        if got is not _NO_FAST_READ:
+            _validated[(self.env, got)] = raw
         return raw
+
+
+# ``RNNKERNELS_BACKEND`` is read on every call of a module under ``auto`` (a variable set or
+# changed at any time takes effect at the next call), where ``os.environ.get`` costs ~1.5 µs (it
+# encodes the key and decodes the value): as much as the rest of a cell call's routing. So the
+# raw value is looked up in the dict behind ``os.environ`` (``_data``, keyed by ``encodekey``;
+# CPython's ``os._Environ`` since 3.2, which ``os.environ``'s own methods update) and each raw
+# value's validated string is kept. Anywhere that dict is missing, ``os.environ.get`` it is.
+_NO_FAST_READ = object()
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEYS: dict[str, object] = {}
+_validated: dict[tuple[str, object], str] = {}
+
+
+def _raw_environ(name: str):
+    """The raw (encoded) value of ``name`` in the environment, None when unset, or
+    ``_NO_FAST_READ`` where this Python has no raw dict to look in."""
+    if not isinstance(_ENV_DATA, dict):
+        return _NO_FAST_READ
+    key = _ENV_KEYS.get(name)
+    if key is None:
+        try:
+            key = _ENV_KEYS[name] = os.environ.encodekey(name)
+        except Exception:        # not CPython's _Environ
+            return _NO_FAST_READ
+    return _ENV_DATA.get(key)
 
 
 BACKEND_NAMES = ("triton", "cuda", "cpu", "reference")   # the registry's order (backends/)
