@@ -51,6 +51,14 @@ struct Checker {
                 ", expected ", shape);
   }
 
+  // The CPU kernels' dtypes (the plain scans' and the variants' runners).
+  void cpu_dtype() const {
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                    dtype == at::kHalf,
+                who, ": unsupported dtype ", dtype,
+                " (float32, float64, bfloat16 and float16 are supported)");
+  }
+
   void workspace(const Tensor& t, const char* name, at::IntArrayRef shape) const {
     TORCH_CHECK(t.defined() && t.numel() > 0, who, ": the ", name,
                 " workspace is empty: the forward ran with save=False (inference) and cannot be "

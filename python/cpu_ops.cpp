@@ -57,12 +57,7 @@ struct CpuRunner {
   static constexpr at::DeviceType device = at::kCPU;
   static const char* name() { return "cpu"; }
 
-  static void check_dtype(const Checker& ck) {
-    TORCH_CHECK(ck.dtype == at::kFloat || ck.dtype == at::kDouble || ck.dtype == at::kBFloat16 ||
-                    ck.dtype == at::kHalf,
-                ck.who, ": unsupported dtype ", ck.dtype,
-                " (float32, float64, bfloat16 and float16 are supported)");
-  }
+  static void check_dtype(const Checker& ck) { ck.cpu_dtype(); }
 
   static void run(const ScanArgs& a, const Weights& w, const at::TensorOptions& acc,
                   bool backward) {

@@ -24,6 +24,7 @@
 #define RNNK_CPU_ISA avx2
 #include "scan_impl.h"
 #include "cell_step_impl.h"   // the cell step's kernels: same build, same ISA
+#include "variant_impl.h"     // the variants' scans (variant_scan.h): same build
 #if defined(__clang__)
 #pragma clang attribute pop
 #else

@@ -3,3 +3,4 @@
 #define RNNK_CPU_ISA generic
 #include "scan_impl.h"
 #include "cell_step_impl.h"   // the cell step's kernels: same build, same ISA
+#include "variant_impl.h"     // the variants' scans (variant_scan.h): same build

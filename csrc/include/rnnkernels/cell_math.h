@@ -127,4 +127,58 @@ RNNK_HOST_DEVICE RNNK_INLINE T rnn_cell_bwd(T dh, T h, bool relu) {
   return relu ? M::relu_mask(h, dh) : dh * (1 - h * h);
 }
 
+// ------------------------------------------------------------ variants (issue 16, VARIANTS.md)
+// Peephole LSTM (Gers & Schmidhuber 2000): i and f see c_{t-1}, o sees the new c_t, through the
+// diagonal weights wci, wcf, wco (zero for an LSTM without peepholes: the plain formulas above):
+//   i = σ(g_i + wci ⊙ c_{t-1})  f = σ(g_f + wcf ⊙ c_{t-1})  u = tanh(g_g)
+//   c_t = f ⊙ c_{t-1} + i ⊙ u   o = σ(g_o + wco ⊙ c_t)      h_t = o ⊙ tanh(c_t)
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE void lstm_peephole_cell_fwd(T gi, T gf, T gg, T go, T c_prev, T wci,
+                                                        T wcf, T wco, T& i, T& f, T& u, T& o,
+                                                        T& c, T& h) {
+  i = M::sigmoid(gi + wci * c_prev);
+  f = M::sigmoid(gf + wcf * c_prev);
+  u = M::tanh(gg);
+  c = f * c_prev + i * u;
+  o = M::sigmoid(go + wco * c);
+  h = o * M::tanh(c);
+}
+
+// Its backward. c_t is recomputed from the gates and c_{t-1} (a kernel with zoneout saves the
+// zoned state, not this candidate). In: dh, dc = ∂L/∂h_t, ∂L/∂c_t of the cell's own outputs.
+//   d g_o = dh ⊙ tanh(c_t) ⊙ o(1-o)
+//   dc_t  = dc + dh ⊙ o ⊙ (1 - tanh²c_t) + d g_o ⊙ wco        (o saw c_t)
+//   d g_i = dc_t ⊙ u ⊙ i(1-i)   d g_f = dc_t ⊙ c_{t-1} ⊙ f(1-f)   d g_g = dc_t ⊙ i ⊙ (1-u²)
+//   dc_{t-1} = dc_t ⊙ f + d g_i ⊙ wci + d g_f ⊙ wcf             (i and f saw c_{t-1})
+// The peephole weights' own gradients are sums over steps and batch (the op reduces them from
+// dxp): ∂L/∂wci = Σ d g_i ⊙ c_{t-1}, ∂L/∂wcf = Σ d g_f ⊙ c_{t-1}, ∂L/∂wco = Σ d g_o ⊙ c_t.
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE void lstm_peephole_cell_bwd(T dh, T dc, T i, T f, T u, T o, T c_prev,
+                                                         T wci, T wcf, T wco, T& dgi, T& dgf,
+                                                         T& dgg, T& dgo, T& dc_prev) {
+  const T tc = M::tanh(f * c_prev + i * u);
+  dgo = dh * tc * o * (1 - o);
+  const T dct = dc + dh * o * (1 - tc * tc) + dgo * wco;
+  dgi = dct * u * i * (1 - i);
+  dgf = dct * c_prev * f * (1 - f);
+  dgg = dct * i * (1 - u * u);
+  dc_prev = dct * f + dgi * wci + dgf * wcf;
+}
+
+// Zoneout (Krueger et al. 2017): a state keeps its previous value with weight k, the 0/1 mask
+// in training (so a kept unit is exactly its previous value) or the probability p in eval:
+//   s_t = k ⊙ s_{t-1} + (1-k) ⊙ s̃_t
+template <class T>
+RNNK_HOST_DEVICE RNNK_INLINE T zoneout_fwd(T k, T prev, T cand) {
+  return k * prev + (1 - k) * cand;
+}
+
+// Its backward: ∂L/∂s_t splits into (1-k) ⊙ ∂L/∂s_t to the candidate s̃_t (returned) and
+// k ⊙ ∂L/∂s_t straight to s_{t-1} (added to `direct`). k is a constant (no gradient).
+template <class T>
+RNNK_HOST_DEVICE RNNK_INLINE T zoneout_bwd(T k, T ds, T& direct) {
+  direct = direct + k * ds;
+  return (1 - k) * ds;
+}
+
 }  // namespace rnnk

@@ -1,0 +1,196 @@
+// python/variant_ops.cpp — torch.ops.rnnkernels_C.variant_forward / variant_backward: the CPU
+// scans of the recurrent variants (csrc/cpu/variant_scan.h) as ops. The Python custom op around
+// them, with the weight gradients and autograd, is rnnkernels/backends/cpu_variants.py.
+//
+// The checks and allocations are the plain ops' (ops_impl.h's Scan), plus the variants' own
+// tensors: the head-wise W_hh [G·H, H / num_heads], the peephole weights [3, H] and the zoneout
+// masks [T, B, H] (accumulation dtype, as variants.Call draws them). One thread team runs the
+// whole scan at every batch size: the kernels' per-head products are their own
+// register-blocked tiles, which a library GEMM per step would have to run head by head.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu/variant_scan.h"
+#include "ops_impl.h"
+#include "step_gemm.h"
+
+namespace rnnk {
+namespace bridge {
+namespace {
+
+struct VariantRunner {
+  static constexpr at::DeviceType device = at::kCPU;
+  static const char* name() { return "cpu"; }
+  static void check_dtype(const Checker& ck) { ck.cpu_dtype(); }
+};
+
+using VScan = Scan<VariantRunner>;
+
+Cell cell_of(const Checker& ck, int64_t cell) {
+  TORCH_CHECK(cell >= 0 && cell <= 3, ck.who, ": cell must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) "
+              "or 3 (RNN relu), got ", cell);
+  return static_cast<Cell>(cell);
+}
+
+// The variant operands of a call, checked, in the accumulation dtype, kept alive with it.
+struct Operands {
+  cpu::VariantArgs v;
+  Tensor w_hh, b_hn, peephole, mask_h, mask_c;
+
+  Operands(VScan& sc, const Tensor& w_hh_in, const OptTensor& b_hn_in, const OptTensor& peep,
+           const OptTensor& mh, const OptTensor& mc, double p_h, double p_c, int64_t heads) {
+    const Checker& ck = sc.ck;
+    ScanArgs& a = sc.a;
+    const bool lstm = a.cell == Cell::kLSTM, elman = gates_of(a.cell) == 1;
+    TORCH_CHECK(heads >= 1 && a.H % heads == 0, ck.who, ": num_heads (", heads,
+                ") must divide the hidden size ", a.H);
+    const auto acc = acc_type(ck.dtype);
+    ck.tensor(w_hh_in, "w_hh", {gates_of(a.cell) * a.H, a.H / heads});
+    w_hh = w_hh_in.to(acc).contiguous();
+    a.w_hh = ptr(w_hh);
+    if (given(b_hn_in)) {
+      ck.tensor(*b_hn_in, "b_hn", {a.H});
+      b_hn = b_hn_in->to(acc).contiguous();
+      a.b_hn = ptr(b_hn);
+    }
+    if (given(peep)) {
+      TORCH_CHECK(lstm, ck.who, ": only the LSTM has peephole weights");
+      ck.tensor(*peep, "peephole", {3, a.H});
+      peephole = peep->to(acc).contiguous();
+    }
+    TORCH_CHECK(!elman || (!given(mh) && p_h == 0), ck.who, ": the Elman RNN has no zoneout");
+    TORCH_CHECK(lstm || (!given(mc) && p_c == 0), ck.who, ": only the LSTM has a cell state");
+    TORCH_CHECK(p_h >= 0 && p_h < 1 && p_c >= 0 && p_c < 1, ck.who,
+                ": zoneout probabilities must be in [0, 1), got ", p_h, " and ", p_c);
+    if (given(mh)) mask_h = mask(ck, *mh, "mask_h", a);
+    if (given(mc)) mask_c = mask(ck, *mc, "mask_c", a);
+    v.peephole = ptr(peephole);
+    v.heads = heads;
+    v.mask_h = ptr(mask_h);
+    v.mask_c = ptr(mask_c);
+    v.p_h = p_h;
+    v.p_c = p_c;
+  }
+
+  static Tensor mask(const Checker& ck, const Tensor& m, const char* name, const ScanArgs& a) {
+    TORCH_CHECK(m.device().type() == at::kCPU && m.scalar_type() == acc_type(ck.dtype), ck.who,
+                ": ", name, " must be a CPU tensor of dtype ", acc_type(ck.dtype), ", got ",
+                m.scalar_type(), " on ", m.device());
+    TORCH_CHECK(m.sizes().equals({a.sched.T, a.sched.B, a.H}), ck.who, ": ", name,
+                " has shape ", m.sizes(), ", expected [", a.sched.T, ", ", a.sched.B, ", ", a.H,
+                "]");
+    return m.contiguous();
+  }
+};
+
+void run(cpu::VariantArgs& v, const ScanArgs& a, const Tensor& like, bool backward) {
+  v.scan = a;
+  const int64_t B = a.sched.B, H = a.H;
+  const auto acc = like.options().dtype(acc_type(like.scalar_type()));
+  const int nthreads = cpu::variant_threads(v, at::get_num_threads());
+  const Tensor pack = alloc({cpu::variant_pack_elems(v, backward)}, acc);
+  cpu::VariantScratch s;
+  s.pack = mptr(pack);
+  Tensor x, y, z;
+  if (backward) {
+    x = alloc({B, H}, acc), y = alloc({B, H}, acc), z = alloc({2, B, gates_of(a.cell) * H}, acc);
+    s.dh = mptr(x), s.dc = mptr(y), s.dgates = mptr(z);
+  } else {
+    x = alloc({2, B, H}, acc), y = alloc({B, H}, acc);
+    s.h = mptr(x), s.c = mptr(y);
+  }
+  raise_if_failed(backward ? cpu::variant_backward(v, s, nthreads)
+                           : cpu::variant_forward(v, s, nthreads),
+                  "cpu", backward ? "variant_backward" : "variant_forward");
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> variant_forward(
+    int64_t cell, const Tensor& xp, const Tensor& h0, const OptTensor& c0, const Tensor& w_hh,
+    const OptTensor& b_hn, const OptTensor& peephole, const OptTensor& mask_h,
+    const OptTensor& mask_c, double p_h, double p_c, int64_t num_heads,
+    const OptTensor& lengths, bool reverse, bool save) {
+  VScan sc("variant_forward", Cell::kLSTM, xp);
+  sc.a.cell = cell_of(sc.ck, cell);
+  const bool lstm = sc.a.cell == Cell::kLSTM;
+  const int64_t G = gates_of(sc.a.cell);
+  check_3d(sc.ck, xp, "xp");
+  const int64_t T = xp.size(0), B = xp.size(1), GH = xp.size(2), H = GH / G;
+  TORCH_CHECK(GH % G == 0, sc.ck.who, ": xp's last dimension (", GH, ") must be ", G,
+              "*hidden_size");
+  sc.sizes(T, B, H, H);
+  sc.input(&ScanArgs::xp, xp, "xp", {T, B, GH});
+  sc.input(&ScanArgs::h0, h0, "h0", {B, H});
+  TORCH_CHECK(lstm == given(c0), sc.ck.who, ": c0 is required for the LSTM, and only there");
+  if (lstm) sc.input(&ScanArgs::c0, *c0, "c0", {B, H});
+  sc.schedule(lengths, reverse);
+  Operands ops(sc, w_hh, b_hn, peephole, mask_h, mask_c, p_h, p_c, num_heads);
+  Tensor out = sc.output(&ScanArgs::out, {T, B, H});
+  Tensor h_n = sc.output(&ScanArgs::h_n, {B, H});
+  Tensor c_n = lstm ? sc.output(&ScanArgs::c_n, {B, H}) : at::empty({0}, xp.options());
+  Tensor gates, ws;
+  if (G > 1) {  // the Elman RNN saves nothing: its derivative comes from `out`
+    gates = sc.workspace(&ScanArgs::gates, save, {T, B, GH});
+    ws = sc.workspace(lstm ? &ScanArgs::cs : &ScanArgs::hn_lin, save, {T, B, H});
+  } else {
+    gates = at::empty({0}, xp.options().dtype(acc_type(xp.scalar_type())));
+    ws = at::empty({0}, gates.options());  // not `gates` itself: outputs must not alias
+  }
+  run(ops.v, sc.a, xp, false);
+  return {out, h_n, c_n, gates, ws};
+}
+
+std::tuple<Tensor, Tensor, Tensor> variant_backward(
+    int64_t cell, const Tensor& grad_out, const Tensor& grad_hn, const OptTensor& grad_cn,
+    const Tensor& h0, const OptTensor& c0, const Tensor& w_hh, const OptTensor& b_hn,
+    const OptTensor& peephole, const OptTensor& mask_h, const OptTensor& mask_c, double p_h,
+    double p_c, int64_t num_heads, const OptTensor& lengths, bool reverse, const Tensor& out,
+    const Tensor& gates, const Tensor& ws) {
+  VScan sc("variant_backward", Cell::kLSTM, h0);
+  sc.a.cell = cell_of(sc.ck, cell);
+  const bool lstm = sc.a.cell == Cell::kLSTM;
+  check_3d(sc.ck, out, "out");
+  const int64_t T = out.size(0), B = out.size(1), H = out.size(2),
+                GH = gates_of(sc.a.cell) * H;
+  sc.sizes(T, B, H, H);
+  sc.input(&ScanArgs::out, out, "out", {T, B, H});
+  sc.input(&ScanArgs::grad_out, grad_out, "grad_out", {T, B, H});
+  sc.input(&ScanArgs::grad_hn, grad_hn, "grad_hn", {B, H});
+  sc.input(&ScanArgs::h0, h0, "h0", {B, H});
+  TORCH_CHECK(lstm == (given(c0) && given(grad_cn)), sc.ck.who,
+              ": c0 and grad_cn are required for the LSTM, and only there");
+  if (lstm) {
+    sc.input(&ScanArgs::grad_cn, *grad_cn, "grad_cn", {B, H});
+    sc.input(&ScanArgs::c0, *c0, "c0", {B, H});
+  }
+  if (GH > H) {
+    sc.saved(&ScanArgs::gates, gates, "gates", {T, B, GH});
+    sc.saved(lstm ? &ScanArgs::cs : &ScanArgs::hn_lin, ws, lstm ? "cs" : "hn_lin", {T, B, H});
+  }
+  sc.schedule(lengths, reverse);
+  Operands ops(sc, w_hh, b_hn, peephole, mask_h, mask_c, p_h, p_c, num_heads);
+  Tensor dxp = sc.output(&ScanArgs::dxp, {T, B, GH});
+  Tensor dh0 = sc.output(&ScanArgs::dh0, {B, H});
+  Tensor dc0 = lstm ? sc.output(&ScanArgs::dc0, {B, H}) : at::empty({0}, h0.options());
+  run(ops.v, sc.a, h0, true);
+  return {dxp, dh0, dc0};
+}
+
+}  // namespace
+}  // namespace bridge
+}  // namespace rnnk
+
+TORCH_LIBRARY_FRAGMENT(rnnkernels_C, m) {
+  m.def("variant_forward(int cell, Tensor xp, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hn, "
+        "Tensor? peephole, Tensor? mask_h, Tensor? mask_c, float p_h, float p_c, int num_heads, "
+        "Tensor? lengths, bool reverse, bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("variant_backward(int cell, Tensor grad_out, Tensor grad_hn, Tensor? grad_cn, Tensor h0, "
+        "Tensor? c0, Tensor w_hh, Tensor? b_hn, Tensor? peephole, Tensor? mask_h, "
+        "Tensor? mask_c, float p_h, float p_c, int num_heads, Tensor? lengths, bool reverse, "
+        "Tensor out, Tensor gates, Tensor ws) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(rnnkernels_C, CPU, m) {
+  m.impl("variant_forward", &::rnnk::bridge::variant_forward);
+  m.impl("variant_backward", &::rnnk::bridge::variant_backward);
+}
