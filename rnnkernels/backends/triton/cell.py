@@ -22,6 +22,14 @@ Backward, from the *activated* values the forward saved (σ' = σ(1-σ), tanh' =
   dh₋ (local part) = dh⊙z
 * RNN:  dpre = dh⊙(1-h²) (tanh) or dh⊙[h>0] (relu: 0 only where h <= 0, so NaN passes)
 
+Variants (docs/VARIANTS.md), options of the same helpers:
+
+* peephole (LSTM, PEEP): g_i += w_ci⊙c₋, g_f += w_cf⊙c₋, g_o += w_co⊙c; backward
+  dc += do⊙w_co (before di, df, du), dc₋ (local) += di⊙w_ci + df⊙w_cf;
+* zoneout: s = keep⊙s₋ + (1-keep)⊙s̃ (``zoneout``); backward keep⊙ds reaches s₋ directly and
+  (1-keep)⊙ds is the candidate's gradient (``zoneout_bwd``);
+* head-wise W_hh [G·H, d]: ``head_gate_products`` / ``head_carry`` read only the heads of a tile.
+
 ``mma`` is the one place that decides how a recurrent tile product is computed (see its
 docstring): fp32 with ``input_precision="ieee"`` so float32 results match cuDNN/ATen with TF32 off,
 and half types on the tensor cores with fp32 accumulation.
@@ -67,30 +75,51 @@ def mma(acc, a, b, DOT_F32: tl.constexpr):
 
 # ----------------------------------------------------------------------------------------- LSTM
 @triton.jit
-def lstm_cell_fwd(g_i, g_f, g_g, g_o, c_prev):
-    """Pre-activations and c₋ → activated gates (i, f, u, o), c and hh = o⊙tanh(c)."""
+def lstm_cell_state(i, f, u, c_prev):
+    """c = f⊙c₋ + i⊙u (also what the backward recomputes when zoneout saved the zoned state)."""
+    return f * c_prev + i * u
+
+
+@triton.jit
+def lstm_cell_fwd(g_i, g_f, g_g, g_o, c_prev, w_ci, w_cf, w_co, PEEP: tl.constexpr):
+    """Pre-activations and c₋ → activated gates (i, f, u, o), c and hh = o⊙tanh(c).
+
+    PEEP (peephole LSTM): i and f also see w_ci⊙c₋, w_cf⊙c₋ and o sees w_co⊙c (the new c);
+    without it the w_c* are not read."""
+    if PEEP:
+        g_i = g_i + w_ci * c_prev
+        g_f = g_f + w_cf * c_prev
     i = sigmoid(g_i)
     f = sigmoid(g_f)
     u = tanh(g_g)
+    c = lstm_cell_state(i, f, u, c_prev)
+    if PEEP:
+        g_o = g_o + w_co * c
     o = sigmoid(g_o)
-    c = f * c_prev + i * u
     hh = o * tanh(c)
     return i, f, u, o, c, hh
 
 
 @triton.jit
-def lstm_cell_bwd(dhh, dc_next, i, f, u, o, c, c_prev):
+def lstm_cell_bwd(dhh, dc_next, i, f, u, o, c, c_prev, w_ci, w_cf, w_co, PEEP: tl.constexpr):
     """Gradients of the four pre-activations and the local carry dc₋ = dc⊙f.
 
     dhh: gradient of hh_t (before the projection); dc_next: the carried gradient of c_t.
+    PEEP: c also reaches hh through o (dc += do⊙w_co) and c₋ reaches i and f
+    (dc₋ += di⊙w_ci + df⊙w_cf); dweight_ch is the op's reduction of (di, df)⊙c₋ and do⊙c.
     """
     tc = tanh(c)
+    d_o = dhh * tc * o * (1.0 - o)
     dc = dc_next + dhh * o * (1.0 - tc * tc)
+    if PEEP:
+        dc = dc + d_o * w_co
     d_i = dc * u * i * (1.0 - i)
     d_f = dc * c_prev * f * (1.0 - f)
     d_u = dc * i * (1.0 - u * u)
-    d_o = dhh * tc * o * (1.0 - o)
-    return d_i, d_f, d_u, d_o, dc * f
+    dc_prev = dc * f
+    if PEEP:
+        dc_prev = dc_prev + d_i * w_ci + d_f * w_cf
+    return d_i, d_f, d_u, d_o, dc_prev
 
 
 # ------------------------------------------------------------------------------------------ GRU
@@ -136,6 +165,101 @@ def rnn_cell_bwd(dh, h, RELU: tl.constexpr):
         return dh * (1.0 - h * h)
 
 
-_plan.interpreter_direct_calls(globals(), ["sigmoid", "tanh", "mma", "lstm_cell_fwd",
-                                           "lstm_cell_bwd", "gru_cell_fwd", "gru_cell_bwd",
-                                           "rnn_cell_fwd", "rnn_cell_bwd"])
+# ------------------------------------------------------------------------------------- zoneout
+@triton.jit
+def zoneout(keep, previous, candidate):
+    """A state's new value under zoneout: keep⊙previous + (1-keep)⊙candidate (keep: the 0/1
+    mask in training, the probability p in eval)."""
+    return keep * previous + (1.0 - keep) * candidate
+
+
+@triton.jit
+def zoneout_bwd(keep, d):
+    """Gradient d of the zoned state → (its share for the previous state, for the candidate)."""
+    return keep * d, (1.0 - keep) * d
+
+
+@triton.jit
+def load_keep(ptr, row_off, rmask, cols, cmask, Z: tl.constexpr):
+    """The zoneout keep of a tile: Z=1 the mask ptr[row_off + cols] ([T, B, size], time order),
+    Z=2 the scalar p at ptr[0] (eval)."""
+    if Z == 1:
+        offs = row_off[:, None] + cols[None, :]
+        return tl.load(ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0)
+    else:
+        return tl.load(ptr).to(tl.float32)
+
+
+# ------------------------------------------------------------------------- head-wise products
+@triton.jit
+def head_w(w_ptr, out_row, out_unit, in_unit, mask, D):
+    """Entries of the dense block-diagonal W_hh that a head-wise W [G·H, D] stands for: row
+    out_row (g·H + out_unit), column in_unit; 0 where in_unit is not in out_unit's head (row
+    g·H + j·D + u of W holds unit j·D+u's weights from the D units of head j)."""
+    same = (out_unit // D) == (in_unit // D)
+    offs = out_row.to(tl.int64) * D + (in_unit % D)
+    return tl.load(w_ptr + offs, mask=mask & same, other=0.0)
+
+
+@triton.jit
+def head_span(n0, H, D, BH: tl.constexpr):
+    """The inputs [lo, hi) a tile of units n0..n0+BH-1 reads: the D units of each of its heads."""
+    return (n0 // D) * D, tl.minimum(((n0 + BH - 1) // D + 1) * D, H)
+
+
+@triton.jit
+def head_gate_products(x_ptr, x_row, rmask, w_ptr, cols, cmask, n0, H, D, G: tl.constexpr,
+                       DOT_F32: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+                       BK: tl.constexpr):
+    """As ``tiles.gate_products`` (x [B, H] at rows x_row; units cols = n0 + 0..BH-1 of each
+    gate g < G ≤ 4) for a head-wise W [G·H, D]: the reduction runs over the tile's heads only."""
+    lo, hi = head_span(n0, H, D, BH)
+    acc_0 = tl.full([BB, BH], 0.0, tl.float32)
+    acc_1 = tl.full([BB, BH], 0.0, tl.float32)
+    acc_2 = tl.full([BB, BH], 0.0, tl.float32)
+    acc_3 = tl.full([BB, BH], 0.0, tl.float32)
+    n = cols[None, :]
+    for k0 in range(lo, hi, BK):
+        ks = k0 + tl.arange(0, BK)
+        kmask = ks < hi
+        xk = tl.load(x_ptr + x_row[:, None] + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                     other=0.0).to(tl.float32)
+        k = ks[:, None]
+        m = kmask[:, None] & cmask[None, :]
+        acc_0 = mma(acc_0, xk, head_w(w_ptr, n, n, k, m, D), DOT_F32)
+        if G > 1:
+            acc_1 = mma(acc_1, xk, head_w(w_ptr, n + H, n, k, m, D), DOT_F32)
+        if G > 2:
+            acc_2 = mma(acc_2, xk, head_w(w_ptr, n + 2 * H, n, k, m, D), DOT_F32)
+        if G > 3:
+            acc_3 = mma(acc_3, xk, head_w(w_ptr, n + 3 * H, n, k, m, D), DOT_F32)
+    return acc_0, acc_1, acc_2, acc_3
+
+
+@triton.jit
+def head_carry(dg_next, w_ptr, ghn_ptr, local, act_next, rmask, rows64, cols, cmask, n0, H, D,
+               G: tl.constexpr, DOT_F32: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+               BK: tl.constexpr):
+    """As ``tiles.recurrent_carry`` for a head-wise W [G·H, D]: the units cols (of H) receive
+    dg_{s+1}[:, g·H + u]·W[g·H + u, ·] from the units u of their own heads only."""
+    lo, hi = head_span(n0, H, D, BH)
+    acc = tl.full([BB, BH], 0.0, tl.float32)
+    v = cols[None, :]
+    for g in range(0, G):
+        for k0 in range(lo, hi, BK):
+            us = k0 + tl.arange(0, BK)
+            umask = us < hi
+            a = tl.load(dg_next + (rows64 * (G * H) + g * H)[:, None] + us[None, :],
+                        mask=act_next[:, None] & umask[None, :], other=0.0).to(tl.float32)
+            w = head_w(w_ptr, g * H + us[:, None], us[:, None], v,
+                       umask[:, None] & cmask[None, :], D)
+            acc = mma(acc, a, w, DOT_F32)
+    ghn = tl.load(ghn_ptr + (rows64 * H)[:, None] + v, mask=rmask[:, None] & cmask[None, :],
+                  other=0.0).to(tl.float32)
+    return tl.where(act_next[:, None], acc + local, ghn)
+
+
+_plan.interpreter_direct_calls(globals(), [
+    "sigmoid", "tanh", "mma", "lstm_cell_state", "lstm_cell_fwd", "lstm_cell_bwd",
+    "gru_cell_fwd", "gru_cell_bwd", "rnn_cell_fwd", "rnn_cell_bwd", "zoneout", "zoneout_bwd",
+    "load_keep", "head_w", "head_span", "head_gate_products", "head_carry"])

@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 
 from ...cells import CELLS
-from .cell import gru_cell_bwd, gru_cell_fwd
+from .cell import (gru_cell_bwd, gru_cell_fwd, head_carry, head_gate_products, load_keep,
+                   zoneout, zoneout_bwd)
 from .launch import Kernels, Scratch
 from .tiles import (backward_step, forward_step, gate_products, load_tile, phase_sync, ping_pong,
                     previous_state, program_tile, recurrent_carry, store_tile, tile_cols)
@@ -21,10 +22,12 @@ from .tiles import (backward_step, forward_step, gate_products, load_tile, phase
 
 @triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
 def _gru_fwd_kernel(
-        xp_ptr, w_hh_ptr, b_hn_ptr, lens_ptr, out_ptr, gates_ptr, hn_lin_ptr, h_ptr, sync_ptr,
+        xp_ptr, w_hh_ptr, b_hn_ptr, lens_ptr, out_ptr, gates_ptr, hn_lin_ptr, h_ptr, keep_h_ptr,
+        sync_ptr,
         s_first, n_steps, T, B, H,
         HAS_LEN: tl.constexpr, HAS_BHN: tl.constexpr, REVERSE: tl.constexpr,
         SAVE: tl.constexpr, SYNC: tl.constexpr, DOT_F32: tl.constexpr, G: tl.constexpr,
+        HD: tl.constexpr, ZH: tl.constexpr,
         BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
     """Steps s_first .. s_first+n_steps-1 of the forward scan (row b active iff s < L_b, time
     index t = s or L_b-1-s in reverse)::
@@ -36,6 +39,8 @@ def _gru_fwd_kernel(
 
     Inactive rows keep their state; ``out`` is 0 at t ≥ L_b. Saves the activated gates
     (r, z, n) and ``hn_lin`` = b_n (the value r multiplies) as fp32 workspaces when SAVE.
+    Variants: HD > 0, W_hh head-wise [G·H, HD]; ZH, h_t = ``cell.zoneout`` of h_{t-1} and the
+    new value (``out`` and the state are the zoned h).
     """
     rmask, rows64, L, pid_h, nprog = program_tile(lens_ptr, B, T, HAS_LEN, BB)
     for it in range(0, n_steps):
@@ -45,8 +50,13 @@ def _gru_fwd_kernel(
         o_row = (t * B + rows64) * H
         for j in range(pid_h, (H + BH - 1) // BH, nprog):
             cols, cmask = tile_cols(j, H, BH)
-            acc_r, acc_z, acc_n, _ = gate_products(h_cur, rows64 * H, rmask, w_hh_ptr, cols,
-                                                   cmask, H, H, G, DOT_F32, BB, BH, BK)
+            if HD > 0:
+                acc_r, acc_z, acc_n, _ = head_gate_products(h_cur, rows64 * H, rmask, w_hh_ptr,
+                                                            cols, cmask, j * BH, H, HD, G,
+                                                            DOT_F32, BB, BH, BK)
+            else:
+                acc_r, acc_z, acc_n, _ = gate_products(h_cur, rows64 * H, rmask, w_hh_ptr, cols,
+                                                       cmask, H, H, G, DOT_F32, BB, BH, BK)
             if HAS_BHN:
                 acc_n += tl.load(b_hn_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
             h_prev = load_tile(h_cur, rows64 * H, rmask, cols, cmask)
@@ -54,6 +64,8 @@ def _gru_fwd_kernel(
                                       load_tile(xp_ptr, g_row + H, rmask, cols, cmask),
                                       load_tile(xp_ptr, g_row + 2 * H, rmask, cols, cmask),
                                       acc_r, acc_z, acc_n, h_prev)
+            if ZH:
+                h = zoneout(load_keep(keep_h_ptr, o_row, rmask, cols, cmask, ZH), h_prev, h)
             store_tile(h_nxt, rows64 * H, rmask, cols, cmask, tl.where(act2, h, h_prev))
             store_tile(out_ptr, o_row, rmask, cols, cmask, tl.where(act2, h, 0.0))
             if SAVE:
@@ -67,10 +79,11 @@ def _gru_fwd_kernel(
 @triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
 def _gru_bwd_kernel(
         grad_out_ptr, grad_hn_ptr, h0_ptr, w_hh_ptr, lens_ptr, out_ptr, gates_ptr, hn_lin_ptr,
-        dxp_ptr, dh0_ptr, dg_ptr, loc_ptr, sync_ptr,
+        dxp_ptr, dh0_ptr, dg_ptr, loc_ptr, keep_h_ptr, sync_ptr,
         s_first, n_steps, T, B, H,
         HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, SYNC: tl.constexpr, DOT_F32: tl.constexpr,
-        G: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+        G: tl.constexpr, HD: tl.constexpr, ZH: tl.constexpr,
+        BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
     """Steps s_first, s_first-1, ... of the reverse scan (T-1 .. 0, then -1 for dh0), carrying
     dh [B, H] in fp32::
 
@@ -80,6 +93,8 @@ def _gru_bwd_kernel(
 
     ``dxp`` = (dr, dz, dn), 0 at t ≥ L_b; dh0 = the carry after step 0. h_{t-1} is read back
     from ``out`` (h0 at s = 0), as the contract's saved tensors allow.
+    Variants: HD > 0 carries through the head-wise W_hh (``cell.head_carry``); ZH: the cell
+    sees (1-keep)⊙dh_t and keep⊙dh_t joins the local part that reaches h_{t-1}.
     """
     rmask, rows64, L, pid_h, nprog = program_tile(lens_ptr, B, T, HAS_LEN, BB)
     for it in range(0, n_steps):
@@ -93,10 +108,18 @@ def _gru_bwd_kernel(
             cols, cmask = tile_cols(j, H, BH)
             # The local part was written by this same program for the same tile last step.
             local = load_tile(loc_next, rows64 * H, act_next, cols, cmask)
-            carry = recurrent_carry(dg_next, w_hh_ptr, grad_hn_ptr, local, act_next, rmask,
-                                    rows64, cols, cmask, G * H, H, DOT_F32, BB, BH, BK)
+            if HD > 0:
+                carry = head_carry(dg_next, w_hh_ptr, grad_hn_ptr, local, act_next, rmask,
+                                   rows64, cols, cmask, j * BH, H, HD, G, DOT_F32, BB, BH, BK)
+            else:
+                carry = recurrent_carry(dg_next, w_hh_ptr, grad_hn_ptr, local, act_next, rmask,
+                                        rows64, cols, cmask, G * H, H, DOT_F32, BB, BH, BK)
             if s >= 0:
                 dh_t = carry + load_tile(grad_out_ptr, o_row, rmask, cols, cmask)
+                kept = 0.0
+                if ZH:
+                    kept, dh_t = zoneout_bwd(load_keep(keep_h_ptr, o_row, rmask, cols, cmask,
+                                                       ZH), dh_t)
                 r = load_tile(gates_ptr, g_row, active, cols, cmask)
                 z = load_tile(gates_ptr, g_row + H, active, cols, cmask)
                 n = load_tile(gates_ptr, g_row + 2 * H, active, cols, cmask)
@@ -104,6 +127,8 @@ def _gru_bwd_kernel(
                 h_prev = previous_state(out_ptr, h0_ptr, s, t, active, rows64, B, H, cols, cmask,
                                         REVERSE)
                 d_r, d_z, d_n, d_nr, loc = gru_cell_bwd(dh_t, r, z, n, b_n, h_prev)
+                if ZH:
+                    loc += kept
                 store_tile(dxp_ptr, g_row, rmask, cols, cmask, tl.where(act2, d_r, 0.0))
                 store_tile(dxp_ptr, g_row + H, rmask, cols, cmask, tl.where(act2, d_z, 0.0))
                 store_tile(dxp_ptr, g_row + 2 * H, rmask, cols, cmask, tl.where(act2, d_n, 0.0))

@@ -23,11 +23,13 @@ running a scan is here, once:
 Kernel calling convention (checked when a table is built): pointers first, each ``X_ptr``
 receiving the launcher's buffer ``X`` (names below); then ``s_first, n_steps`` (this launch
 runs steps s_first, s_first ± 1, ...) and the sizes it uses of T, B, H, P; then constexprs,
-each taken by name from HAS_LEN, REVERSE, SAVE, the cell's flags (PROJ, HAS_BHN, RELU), G,
+each taken by name from HAS_LEN, REVERSE, SAVE, the cell's flags (PROJ, HAS_BHN, RELU; the
+variants' ``VARIANT_FLAGS``, off unless given), G,
 DOT_F32, BB, BH, BK, SYNC and, for a kernel with phases, DO_<phase> and NPH.
 
 Buffers: forward ``xp, w_hh, lens, out``, the workspaces and the states (``h``, ``c``) by their
-``cells`` names, the cell's inputs (``w_hr``, ``b_hn``), its scratch, ``sync``; backward
+``cells`` names, the cell's inputs (``w_hr``, ``b_hn``; the variants' ``VARIANT_INPUTS``, the
+dummy unless given), its scratch, ``sync``; backward
 ``grad_out``, ``grad_<state>n``, ``<state>0``, ``w_hh``, the inputs, ``lens``, ``out``, the
 workspaces, ``dxp, dh0``, ``dh`` (projection), ``dg``, ``d<state>`` for the states after h, the
 scratch, ``sync``.
@@ -45,16 +47,22 @@ from . import graphs as _graphs
 from . import plan as _plan
 
 PROJ_PHASE = "PROJ"             # the phase (and flag) of a projection cell that needs W_hr
+# The recurrent variants (docs/VARIANTS.md; ``variants.py``) are options of the cells' kernels:
+# these flags and inputs are off / the dummy unless a variant scan passes them.
+VARIANT_FLAGS = {"PEEP": False, "HD": 0, "ZH": 0, "ZC": 0}
+VARIANT_INPUTS = ("w_ch", "keep_h", "keep_c")
 _STEPS = ("s_first", "n_steps")
 _SIZES = ("T", "B", "H", "P")
 
 
 @dataclass(frozen=True)
 class Scratch:
-    """An fp32 buffer [copies, B, H] that only the kernel itself reads back."""
+    """An fp32 buffer [copies, B, H] (or [copies, B, P]) that only the kernel itself reads back."""
     name: str
     copies: int = 1
     proj_only: bool = False     # needed only by the PROJ phase: the dummy without W_hr
+    only_if: str = ""           # needed only when this constexpr flag is set: else the dummy
+    width: str = "H"            # the size of its last axis: "H" or "P"
 
 
 @dataclass(frozen=True)
@@ -147,16 +155,22 @@ def device_guard(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def _with_variants(inputs: dict | None) -> dict:
+    """The cell's optional inputs with every variant input (absent unless given)."""
+    return {**dict.fromkeys(VARIANT_INPUTS), **(inputs or {})}
+
+
 def _optional(bufs: dict, dummy: torch.Tensor, **tensors) -> None:
     """Absent (None) inputs point at the dummy: their kernels' flags keep them unread."""
     for name, t in tensors.items():
         bufs[name] = t if t is not None else dummy
 
 
-def _scratch(bufs: dict, items, B: int, H: int, proj: bool, dev, dummy) -> None:
+def _scratch(bufs: dict, items, sizes: dict, proj: bool, known: dict, dev, dummy) -> None:
     for sc in items:
-        bufs[sc.name] = (empty((sc.copies, B, H), torch.float32, dev)
-                         if proj or not sc.proj_only else dummy)
+        needed = (proj or not sc.proj_only) and (not sc.only_if or known.get(sc.only_if))
+        shape = (sc.copies, sizes["B"], sizes[sc.width])
+        bufs[sc.name] = empty(shape, torch.float32, dev) if needed else dummy
 
 
 # ----------------------------------------------------------------------------------- the scan
@@ -175,6 +189,7 @@ def launches(kernels: Kernels, backward: bool, known: dict, sync: int) -> list[d
     fn = kernels.backward if backward else kernels.forward
     sig = kernels.signatures[backward]
     phases = kernels.backward_phases if backward else kernels.forward_phases
+    known = {**VARIANT_FLAGS, **known}
     missing = [n for n in sig.consts if n not in known and n not in ("SYNC", "NPH")
                and not (n.startswith("DO_") and n[3:] in phases)]
     if missing:
@@ -248,11 +263,12 @@ def forward(kernels: Kernels, xp, states, w_hh, lengths, reverse, save, inputs=N
           for k, (name, x) in enumerate(zip(spec.states, states))}
     dummy = pp[spec.states[0]]
     bufs = dict(xp=xp, w_hh=w_hh, out=out, **pp)
-    _optional(bufs, dummy, lens=lengths, **(inputs or {}))
+    _optional(bufs, dummy, lens=lengths, **_with_variants(inputs))
     _optional(bufs, dummy, **{n: w if save else None for n, w in ws.items()})
-    _scratch(bufs, kernels.forward_scratch, B, H, proj, dev, dummy)
+    sizes = dict(T=T, B=B, H=H, P=P)
+    _scratch(bufs, kernels.forward_scratch, sizes, proj, known, dev, dummy)
     bufs["sync"] = sync_counters(pl, pl.grid_b(B), dev, dummy)
-    _run(kernels, False, bufs, ("out", *ws, *pp), dict(T=T, B=B, H=H, P=P), known, pl, xp)
+    _run(kernels, False, bufs, ("out", *ws, *pp), sizes, known, pl, xp)
     # copies: a view into the ping-pong buffers would alias them and carry a storage offset
     # that the op's fake impl (a fresh tensor) does not have
     return (out, *[pp[n][T % 2].to(dt, copy=True) for n in spec.states], *ws.values())
@@ -278,10 +294,11 @@ def backward(kernels: Kernels, grad_out, grad_finals, states, w_hh, lengths, rev
     bufs.update({f"grad_{n}n": g for n, g in zip(spec.states, grad_finals)})
     bufs.update({f"{n}0": x for n, x in zip(spec.states, states)})
     bufs.update({name: w for (name, _), w in zip(spec.workspaces, workspaces)})
-    _optional(bufs, dg, lens=lengths, **(inputs or {}))
+    _optional(bufs, dg, lens=lengths, **_with_variants(inputs))
     _optional(bufs, dg, dh=dh[0] if proj else None)
-    _scratch(bufs, kernels.backward_scratch, B, H, proj, dev, dg)
+    sizes = dict(T=T, B=B, H=H, P=P)
+    _scratch(bufs, kernels.backward_scratch, sizes, proj, known, dev, dg)
     bufs["sync"] = sync_counters(pl, pl.grid_b(B), dev, dg)
     writes = ("dxp", "dh0", *carry, *(("dh",) if dh else ()))
-    _run(kernels, True, bufs, writes, dict(T=T, B=B, H=H, P=P), known, pl, h0)
+    _run(kernels, True, bufs, writes, sizes, known, pl, h0)
     return (dxp, dh0, *[c[0].to(dt, copy=True) for c in carry.values()], *dh)

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from ...cells import CELLS
-from .cell import rnn_cell_bwd, rnn_cell_fwd
+from .cell import head_carry, head_gate_products, rnn_cell_bwd, rnn_cell_fwd
 from .launch import Kernels
 from .tiles import (backward_step, forward_step, load_tile, phase_sync, ping_pong, program_tile,
                     recurrent_carry, store_tile, tile_cols, tile_product)
@@ -22,14 +22,15 @@ def _rnn_fwd_kernel(
         xp_ptr, w_hh_ptr, lens_ptr, out_ptr, h_ptr, sync_ptr,
         s_first, n_steps, T, B, H,
         HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, RELU: tl.constexpr, SYNC: tl.constexpr,
-        DOT_F32: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+        DOT_F32: tl.constexpr, HD: tl.constexpr,
+        BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
     """Steps s_first .. s_first+n_steps-1 of the forward scan (row b active iff s < L_b, time
     index t = s or L_b-1-s in reverse)::
 
         h_t = act(xp_t + h_{t-1}·W_hhᵀ)      act = relu if RELU else tanh, W_hh [H, H] (G = 1)
 
     Inactive rows keep their state; ``out`` is 0 at t ≥ L_b. Nothing is saved: the derivative
-    comes from ``out`` itself.
+    comes from ``out`` itself. HD > 0: W_hh is head-wise [H, HD] (``cell.head_gate_products``).
     """
     rmask, rows64, L, pid_h, nprog = program_tile(lens_ptr, B, T, HAS_LEN, BB)
     for it in range(0, n_steps):
@@ -38,8 +39,12 @@ def _rnn_fwd_kernel(
         o_row = (t * B + rows64) * H
         for j in range(pid_h, (H + BH - 1) // BH, nprog):
             cols, cmask = tile_cols(j, H, BH)
-            acc = tile_product(h_cur, rows64 * H, rmask, w_hh_ptr, cols, cmask, H, 1, H,
-                               DOT_F32, BB, BH, BK)
+            if HD > 0:
+                acc, _, _, _ = head_gate_products(h_cur, rows64 * H, rmask, w_hh_ptr, cols, cmask,
+                                                  j * BH, H, HD, 1, DOT_F32, BB, BH, BK)
+            else:
+                acc = tile_product(h_cur, rows64 * H, rmask, w_hh_ptr, cols, cmask, H, 1, H,
+                                   DOT_F32, BB, BH, BK)
             h = rnn_cell_fwd(acc + load_tile(xp_ptr, o_row, rmask, cols, cmask), RELU)
             h_prev = load_tile(h_cur, rows64 * H, rmask, cols, cmask)
             store_tile(h_nxt, rows64 * H, rmask, cols, cmask, tl.where(act2, h, h_prev))
@@ -53,7 +58,8 @@ def _rnn_bwd_kernel(
         sync_ptr,
         s_first, n_steps, T, B, H,
         HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, RELU: tl.constexpr, SYNC: tl.constexpr,
-        DOT_F32: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+        DOT_F32: tl.constexpr, HD: tl.constexpr,
+        BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
     """Steps s_first, s_first-1, ... of the reverse scan (T-1 .. 0, then -1 for dh0), carrying
     dh [B, H] in fp32::
 
@@ -61,7 +67,8 @@ def _rnn_bwd_kernel(
         dpre = dh_t⊙(1-h_t²) (tanh) or dh_t⊙[h_t > 0] (relu)
         carry ← dpre·W_hh                      (rows active at s only)
 
-    ``dxp`` = dpre (0 at t ≥ L_b); dh0 = the carry after step 0.
+    ``dxp`` = dpre (0 at t ≥ L_b); dh0 = the carry after step 0. HD > 0: the carry goes
+    through the head-wise W_hh (``cell.head_carry``).
     """
     rmask, rows64, L, pid_h, nprog = program_tile(lens_ptr, B, T, HAS_LEN, BB)
     for it in range(0, n_steps):
@@ -70,8 +77,12 @@ def _rnn_bwd_kernel(
         o_row = (t * B + rows64) * H
         for j in range(pid_h, (H + BH - 1) // BH, nprog):
             cols, cmask = tile_cols(j, H, BH)
-            carry = recurrent_carry(dg_next, w_hh_ptr, grad_hn_ptr, 0.0, act_next, rmask,
-                                    rows64, cols, cmask, H, H, DOT_F32, BB, BH, BK)
+            if HD > 0:
+                carry = head_carry(dg_next, w_hh_ptr, grad_hn_ptr, 0.0, act_next, rmask, rows64,
+                                   cols, cmask, j * BH, H, HD, 1, DOT_F32, BB, BH, BK)
+            else:
+                carry = recurrent_carry(dg_next, w_hh_ptr, grad_hn_ptr, 0.0, act_next, rmask,
+                                        rows64, cols, cmask, H, H, DOT_F32, BB, BH, BK)
             if s >= 0:
                 dh_t = carry + load_tile(grad_out_ptr, o_row, rmask, cols, cmask)
                 h = load_tile(out_ptr, o_row, active, cols, cmask)
