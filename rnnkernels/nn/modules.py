@@ -272,21 +272,27 @@ class _CellMixin(CellVariants, _BackendMixin):   # variants: variant_mixins.py
             states = (zeros,) * n_states
         elif not is_batched:
             states = tuple(h.unsqueeze(0) for h in states)
-        # The checks torch's cell kernels make, with their exception type (RuntimeError).
-        if input.size(1) != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
-                               f"expected {self.input_size}")
-        for i, h in enumerate(states):
-            if h.size(0) != input.size(0):
-                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} "
-                                   f"batch size {h.size(0)}")
-            if h.size(1) != self.hidden_size:
-                raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, "
-                                   f"expected {self.hidden_size}")
-            if h.dim() != 2:   # a 2-D hx with 1-D input became 3-D above, as in torch
-                raise RuntimeError(f"{name}: for 1-D input hx[{i}] must be 1-D, got "
-                                   f"{h.dim() - 1}-D")
+        check_cell_sizes(self, input, states, name)
         return input, states, is_batched
+
+
+def check_cell_sizes(cell, input: Tensor, states, name: str | None = None) -> None:
+    """The checks torch's cell kernels make, with their exception type (RuntimeError), of a
+    batched input [B, I] and states [B, H] against ``cell``'s sizes; with ``name``, also that
+    each state is 2-D (a 2-D hx given with 1-D input became 3-D, as in torch)."""
+    if input.size(1) != cell.input_size:
+        raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
+                           f"expected {cell.input_size}")
+    for i, h in enumerate(states):
+        if h.size(0) != input.size(0):
+            raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} "
+                               f"batch size {h.size(0)}")
+        if h.size(1) != cell.hidden_size:
+            raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, "
+                               f"expected {cell.hidden_size}")
+        if name is not None and h.dim() != 2:
+            raise RuntimeError(f"{name}: for 1-D input hx[{i}] must be 1-D, got "
+                               f"{h.dim() - 1}-D")
 
 
 @_public   # docstring and signature: _docs.py
