@@ -1,4 +1,5 @@
-"""Reference backend of the recurrent variants (peephole, head-wise recurrence, zoneout).
+"""Reference backend of the recurrent variants (peephole, head-wise recurrence, zoneout, layer
+norm).
 
 One scan (one layer and direction) as a plain PyTorch loop, for every cell, following the
 backend contract of docs/BACKENDS.md (time order, per-sequence lengths with the state frozen
@@ -20,10 +21,11 @@ scatter), and the outputs are stacked once and put back in time order with one `
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..cells import CellSpec, acc_dtype
-from ..variants import ScanVariant
+from ..variants import LAYER_NORM_EPS, LayerNormScan, ScanVariant
 from .reference import _Schedule
 
 
@@ -52,7 +54,7 @@ def _recurrent(w_hh: Tensor, num_heads: int, gates: int):
 
 # One step of each cell: (x·W_ihᵀ + bias of the step, h·W_hhᵀ, previous states, weights) →
 # the new states before zoneout (h̃[, c̃]).
-def _lstm_step(xp: Tensor, rec: Tensor, states, w_hr, b_hn, peephole, relu):
+def _lstm_step(xp: Tensor, rec: Tensor, states, w_hr, b_hn, peephole, relu, norm_c=None):
     h, c = states
     i, f, g, o = (xp + rec).chunk(4, dim=1)
     if peephole is not None:                  # rows i, f, o: i and f see c_{t-1}, o sees c_t
@@ -60,7 +62,7 @@ def _lstm_step(xp: Tensor, rec: Tensor, states, w_hr, b_hn, peephole, relu):
     c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     if peephole is not None:
         o = o + peephole[2] * c_new
-    h_new = torch.sigmoid(o) * torch.tanh(c_new)
+    h_new = torch.sigmoid(o) * torch.tanh(c_new if norm_c is None else norm_c(c_new))
     return (h_new if w_hr is None else h_new @ w_hr.t()), c_new
 
 
@@ -87,22 +89,26 @@ def scan(cell: CellSpec, xp: Tensor, states: tuple[Tensor, ...], w_hh: Tensor,
          w_hr: Tensor | None, b_hn: Tensor | None, lengths: Tensor | None, reverse: bool,
          relu: bool, variant: ScanVariant) -> tuple[Tensor, tuple[Tensor, ...]]:
     """One layer and direction of ``cell`` with ``variant``: xp [T,B,G·H] (x·W_ihᵀ + biases,
-    as the plain scans take it), states (h0 [B,P][, c0 [B,H]]), w_hh [G·H, P] or head-wise
+    as the plain scans take it; with layer norm x·W_ihᵀ alone, the biases in
+    ``variant.layer_norm``), states (h0 [B,P][, c0 [B,H]]), w_hh [G·H, P] or head-wise
     [G·H, H/num_heads], w_hr [P,H] or None, b_hn [H] or None (GRU) → (out [T,B,P] in time
     order, final states). Zoneout: a state's new value is keep·previous + (1-keep)·candidate."""
     T, B = xp.shape[:2]
     dt, acc = xp.dtype, acc_dtype(xp.dtype)
     sched = _Schedule(T, B, lengths, reverse, xp.device)
-    inputs = _in_step_order(xp.to(acc), sched.time).unbind(0)
+    xp, product = xp.to(acc), _recurrent(w_hh.to(acc), variant.num_heads, cell.gates)
+    norm_c = {}
+    if variant.layer_norm is not None:
+        xp, product, b_hn, norm_c = _layer_norm(variant.layer_norm, xp, product, acc)
+    inputs = _in_step_order(xp, sched.time).unbind(0)
     keep = [k if k is None or isinstance(k, float) else _in_step_order(k, sched.time)
             for k in variant.keep]
-    product = _recurrent(w_hh.to(acc), variant.num_heads, cell.gates)
     weights = [None if t is None else t.to(acc) for t in (w_hr, b_hn, variant.peephole)]
     step = _STEPS[cell.name]
     state = [s.to(acc) for s in states]
     outs = []
     for s in range(T):
-        new = step(inputs[s], product(state[0]), state, *weights, relu)
+        new = step(inputs[s], product(state[0]), state, *weights, relu, **norm_c)
         new = [n if k is None else _zoned(k if isinstance(k, float) else k[s], old, n)
                for n, old, k in zip(new, state, keep)]
         outs.append(new[0])
@@ -110,6 +116,25 @@ def scan(cell: CellSpec, xp: Tensor, states: tuple[Tensor, ...], w_hh: Tensor,
     out = _in_step_order(torch.stack(outs), sched.time)
     out = torch.where(sched.active[..., None], out, 0.0)
     return out.to(dt), tuple(h.to(dt) for h in state)
+
+
+def _layer_norm(norm: LayerNormScan, xp: Tensor, product, acc: torch.dtype):
+    """Layer norm's parts of a scan (haste's LayerNormLSTM / LayerNormGRU): xp = x·W_ihᵀ
+    [T, B, G·H] normalised over its G·H gate pre-activations, every step in one call, then the
+    biases; the recurrent product normalised likewise at each step; GRU's b_hn (added after that
+    norm, inside r ⊙ (...)); and for an LSTM the norm of c_t before the output tanh, as the
+    step's ``norm_c`` keyword (empty for a GRU). Gains and biases in the accumulation dtype."""
+    gh, eps = (xp.shape[-1],), LAYER_NORM_EPS
+    ih, hh = norm.ih.to(acc), norm.hh.to(acc)
+    xp = F.layer_norm(xp, gh, ih, None, eps)
+    if norm.bias is not None:
+        xp = xp + norm.bias.to(acc)
+    extra = {}
+    if norm.c is not None:
+        gain, bias = (t.to(acc) for t in norm.c)
+        extra["norm_c"] = lambda c: F.layer_norm(c, gain.shape, gain, bias, eps)
+    b_hn = None if norm.b_hn is None else norm.b_hn.to(acc)
+    return xp, lambda h: F.layer_norm(product(h), gh, hh, None, eps), b_hn, extra
 
 
 def _zoned(keep, previous: Tensor, candidate: Tensor) -> Tensor:
