@@ -98,6 +98,9 @@ def _parse_args(argv):
                    help="a progress line with an ETA on stderr (default: when stderr is a "
                         "terminal)")
     p.add_argument("--list", action="store_true", help="list the configs and exit")
+    p.add_argument("--variants", action=argparse.BooleanOptionalAction, default=None,
+                   help="the recurrent variants' table after the benchmark (bench/variants.py; "
+                        "default: on unless --configs or --shape narrow the run)")
     return p.parse_args(argv)
 
 
@@ -312,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
             png = plot_speedups(records, path.with_suffix(".png"))
             if png is not None:
                 print(f"wrote {png}")
+    if args.variants or (args.variants is None and not (args.configs or args.shape)
+                         and H.import_rnnkernels()[0] is not None):
+        from . import variants as VB  # noqa: PLC0415
+        failures += VB.runner_table(device, suite, None if args.no_save else
+                                    out_dir / f"{device.type}-variants-{stamp}.jsonl")
     return 1 if (args.strict and failures) else 0
 
 
