@@ -21,6 +21,9 @@ $(VENV)/.deps: requirements-dev.txt
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q "$(TORCH)"
 	$(VPY) -m pip install -q -r requirements-dev.txt "$(TORCH)"
+	# xlstm's own vanilla sLSTM (tests/test_slstm.py compares against it) is pure PyTorch; its
+	# declared requirements (transformers, ...) are ~60 packages that test never uses.
+	$(VPY) -m pip install -q --no-deps xlstm==2.0.5
 	touch $@
 
 # The package in editable mode; builds the C++/CUDA extension ahead of time (with this venv's

@@ -9,8 +9,12 @@ Backends: "triton" (GPU), "cuda" and "cpu" (the compiled extension ``rnnkernels.
 """
 from . import _dynamo_setup, functional, ops  # noqa: F401  (_dynamo_setup: see its docstring)
 from .backends import available_backends
+from .dropout import weight_drop
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert, revert
+from .nn import SLSTM, SLSTMCell
 
 from ._version import __version__  # the one version source
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "revert",
+           "weight_drop",
+           "SLSTM", "SLSTMCell",
            "available_backends", "functional", "ops", "__version__"]

@@ -7,8 +7,10 @@ importing rnnkernels must not pay it. Dynamo needs two things from us, and only 
   without it, and our modules must stay subclasses of those (isinstance, state_dict, repr).
   Our forward is plain Python around custom ops with fake impls, which Dynamo traces without
   graph breaks. The flag is global: it also lets Dynamo trace torch.nn's own RNNs.
-* ``assume_constant_result`` on ``functional._resolve`` (the backend choice is a constant of
-  the graph; see its docstring).
+* ``assume_constant_result`` on ``functional._resolve``, ``variants._resolve`` and
+  ``slstm.resolve`` (the backend choice is a constant of the graph; see their docstrings) and on ``backends.config.get`` (a setting read in traced code,
+  e.g. ``RNNKERNELS_BACKEND`` by the routing, is read at trace time: its fast read keeps a
+  cache that Dynamo would otherwise guard on).
 
 ``when_dynamo_loads(apply)`` runs ``apply`` at once if ``torch._dynamo`` is already imported,
 else right after its import finishes (a one-shot ``sys.meta_path`` finder that wraps the
@@ -64,9 +66,12 @@ def when_dynamo_loads(apply: Callable[[], None]) -> None:
 def _configure() -> None:
     import torch._dynamo
 
-    from . import functional
+    from . import functional, slstm, variants
+    from .backends import config
     torch._dynamo.config.allow_rnn = True
-    torch._dynamo.assume_constant_result(functional._resolve)
+    for resolve in (functional._resolve, variants._resolve, slstm.resolve):
+        torch._dynamo.assume_constant_result(resolve)
+    torch._dynamo.assume_constant_result(config.get)
 
 
 when_dynamo_loads(_configure)

@@ -99,11 +99,20 @@ class CellSpec:
 LSTM = CellSpec("lstm", "LSTM", gates=4, gate_names=("i", "f", "g", "o"), states=("h", "c"),
                 workspaces=(("gates", 4), ("cs", 1)), projection=True,
                 autocast_promoted_from=(("h", "c"), ("c", "c")),
-                variants=("peephole", "num_heads", "zoneout"), peephole_gates=("i", "f", "o"))
+                variants=("peephole", "num_heads", "zoneout", "layer_norm"),
+                peephole_gates=("i", "f", "o"))
 GRU = CellSpec("gru", "GRU", gates=3, gate_names=("r", "z", "n"), states=("h",),
                workspaces=(("gates", 3), ("hn_lin", 1)), hidden_bias_in_scan=True,
-               autocast_promoted_from=(("h", "h"),), variants=("num_heads", "zoneout"))
+               autocast_promoted_from=(("h", "h"),),
+               variants=("num_heads", "zoneout", "layer_norm"))
 RNN = CellSpec("rnn", "RNN", gates=1, gate_names=("h",), states=("h",), workspaces=(),
                variants=("num_heads",))
 
 CELLS: dict[str, CellSpec] = {c.name: c for c in (LSTM, GRU, RNN)}
+
+# The sLSTM (xLSTM, Beck et al. 2024): gates i, f, z, o; states h, c, the normalizer n and the
+# stabilizer m (all [B, H]). Not in CELLS, which lists the cells the scan ops and the compiled
+# and Triton backends implement: no fused sLSTM kernel exists yet, and rnnkernels/slstm.py runs
+# its reference scan directly.
+SLSTM = CellSpec("slstm", "SLSTM", gates=4, gate_names=("i", "f", "z", "o"),
+                 states=("h", "c", "n", "m"), workspaces=(), variants=("num_heads",))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import backends, ops
+from . import dropout as D
 from .cells import CELLS, CellSpec
 from .projection import input_projection
 from .routes import cell_route, fused_step, fused_step_usable, torch_fn, torch_stack
@@ -167,13 +168,17 @@ def _run_layers(cell: CellSpec, x: Tensor, hx: list[Tensor], params: list[Tensor
                 variant=None):
     """Layers × directions: for each, the projection GEMM then the scan op. Returns the last
     layer's output [T, B, D·P] and the final states, one list per state (h, c) over L·D.
-    ``variant`` (a ``variants.Call`` or None) gives each scan its part of the variants."""
+    ``variant`` (a ``variants.Call`` or None) gives each scan its part of the variants, and
+    its locked dropout (``dropout.py``) masks the input and, with ``locked_dropout``, the
+    inter-layer outputs once per sequence."""
     finals: list[list[Tensor]] = [[] for _ in cell.states]
-    layer_in = x
     scan = ops.SCANS[cell.name]
-    one_step = x.shape[0] == 1 and lengths is None and variant is None and \
+    one_step = x.shape[0] == 1 and lengths is None and \
+        (variant is None or not variant.spec.recurrent()) and \
         fused_step_usable(backend, x)      # T = 1: a fused step per layer (routes.py)
     extras = variant.per_scan(x, num_layers * dirs) if variant else [None] * (num_layers * dirs)
+    # (after zoneout's masks: the documented order of the draws)
+    layer_in = D.locked(x, variant.spec.input_dropout, variant.training) if variant else x
     for layer in range(num_layers):
         outs = []
         for d in range(dirs):
@@ -196,7 +201,8 @@ def _run_layers(cell: CellSpec, x: Tensor, hx: list[Tensor], params: list[Tensor
                 acc.append(state)
         layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
         if dropout > 0 and train and layer < num_layers - 1:
-            layer_in = _dropout(layer_in, dropout, mask)
+            layer_in = D.locked(layer_in, dropout) if variant and variant.spec.locked_dropout \
+                else _dropout(layer_in, dropout, mask)
     return layer_in, finals
 
 

@@ -24,7 +24,10 @@ Parameter layout (decided here, documented in docs/VARIANTS.md):
   direction (``_reverse``), registered after torch's parameters and drawn from U(-1/√H, 1/√H),
   torch.nn's rule for every RNN weight, which ``reset_parameters()`` applies again. Keras'
   PeepholeLSTMCell and TF1's LSTMCell(use_peepholes=True) also start them random (glorot
-  uniform), not at zero.
+  uniform), not at zero;
+* layer norm (``layer_norm=True``, haste's LayerNormLSTM / LayerNormGRU): ``weight_ln_ih_l{k}``,
+  ``weight_ln_hh_l{k}`` [G·H] and (LSTM) ``weight_ln_c_l{k}``, ``bias_ln_c_l{k}`` [H], after
+  the rest, gains 1 and biases 0 (``layer_norm_parameters``).
 """
 from __future__ import annotations
 
@@ -37,14 +40,20 @@ import torch
 from torch import Tensor
 
 from . import backends
+from . import dropout as D
 from .cells import CellSpec, acc_dtype
 
 # What the messages call each option.
-NAMES = {"peephole": "peephole", "num_heads": "head-wise recurrence", "zoneout": "zoneout"}
+NAMES = {"peephole": "peephole", "num_heads": "head-wise recurrence", "zoneout": "zoneout",
+         "layer_norm": "layer norm", "locked_dropout": "locked dropout",
+         "input_dropout": "input dropout", "output_dropout": "output dropout"}
 # Backends with an implementation of the variants: name -> (module, the options it implements).
 # Fastest first; `auto` takes the first that implements a call's variants and can run it.
 KERNELS = {
-    "reference": ("rnnkernels.backends.reference_variants", ("peephole", "num_heads", "zoneout")),
+    "cpu": ("rnnkernels.backends.cpu_variants", ("peephole", "num_heads", "zoneout")),
+    "triton": ("rnnkernels.backends.triton.variants", ("peephole", "num_heads", "zoneout")),
+    "reference": ("rnnkernels.backends.reference_variants",
+                  ("peephole", "num_heads", "zoneout", "layer_norm")),
 }
 
 
@@ -56,25 +65,39 @@ class VariantSpec:
     num_heads  W_hh block diagonal in num_heads blocks: [G·H, H / num_heads]
     zoneout    per state (h[, c]) the probability of keeping its previous value; ``given`` is
                the option as the user wrote it (a float, or an LSTM's (p_h, p_c)), for repr
+    layer_norm LSTM, GRU: layer norm of x·W_ihᵀ and of h·W_hhᵀ (and LSTM: of c_t before the
+               output tanh), haste's LayerNormLSTM / LayerNormGRU (``LayerNormScan``)
     """
 
     peephole: bool = False
     num_heads: int = 1
     zoneout: tuple[float, ...] = (0.0,)
     given: float | tuple[float, float] = 0.0
+    layer_norm: bool = False
+    # The layers' locked dropout (rnnkernels/dropout.py): not in the recurrence (``recurrent``).
+    locked_dropout: bool = False
+    input_dropout: float = 0.0
+    output_dropout: float = 0.0
 
     def options(self) -> tuple[str, ...]:
         """The options in use, in signature order."""
         used = {"peephole": self.peephole, "num_heads": self.num_heads > 1,
-                "zoneout": any(p > 0 for p in self.zoneout)}
+                "zoneout": any(p > 0 for p in self.zoneout), "layer_norm": self.layer_norm,
+                "locked_dropout": self.locked_dropout, "input_dropout": self.input_dropout > 0,
+                "output_dropout": self.output_dropout > 0}
         return tuple(name for name, on in used.items() if on)
+
+    def recurrent(self) -> tuple[str, ...]:
+        """The options in use that change the recurrence (what a scan backend must implement);
+        the locked dropouts act between the scans, so every backend runs them."""
+        return tuple(o for o in self.options() if o not in D.OPTIONS)
 
     def value(self, option: str):
         """An option's value as the constructor took it (repr, the modules' attributes)."""
         return self.given if option == "zoneout" else getattr(self, option)
 
     def describe(self, options=None) -> str:
-        return ", ".join(NAMES[o] for o in (self.options() if options is None else options))
+        return _describe(self.options() if options is None else options)
 
 
 # The modules (their classes and whole pickles) hold a spec: allowed by torch.load's
@@ -111,8 +134,10 @@ def parse(cell: CellSpec, hidden_size: int, proj_size: int, options: dict) -> Va
     peephole = options.get("peephole", False)
     num_heads = options.get("num_heads", 1)
     given = options.get("zoneout", 0.0)
-    if not isinstance(peephole, bool):
-        raise TypeError(f"peephole should be of type bool, got: {type(peephole).__name__}")
+    layer_norm = options.get("layer_norm", False)
+    for name, flag in (("peephole", peephole), ("layer_norm", layer_norm)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
     if isinstance(num_heads, bool) or not isinstance(num_heads, int):
         raise TypeError(f"num_heads should be of type int, got: {type(num_heads).__name__}")
     if num_heads <= 0:
@@ -125,7 +150,7 @@ def parse(cell: CellSpec, hidden_size: int, proj_size: int, options: dict) -> Va
                          "would be the projection's, which mixes every head)")
     zoneout = _zoneout(cell, given)
     spec = VariantSpec(peephole, num_heads, zoneout, tuple(given) if isinstance(given, list)
-                       else given)
+                       else given, layer_norm, **D.parse(options))
     return spec if spec.options() else None
 
 
@@ -150,22 +175,81 @@ def install(module: torch.nn.Module, cell: CellSpec, spec: VariantSpec,
             stdv = 1.0 / math.sqrt(H) if H > 0 else 0.0
             torch.nn.init.uniform_(p, -stdv, stdv)
             module.register_parameter(f"weight_ch{sfx}", p)
+        if spec.layer_norm:
+            for name, width, _ in layer_norm_parameters(cell):
+                module.register_parameter(f"{name}{sfx}",
+                                          torch.nn.Parameter(w.new_empty(width * H)))
+    if spec.layer_norm:
+        reset_layer_norm(module, cell, suffixes)
+
+
+# Layer norm's parameters per layer and direction: (name, size in units of H, initial value).
+# Gains start at 1 and biases at 0, as haste's (and torch.nn.LayerNorm's), so a new module
+# normalises plainly; ``reset_layer_norm`` puts them back after torch.nn's reset_parameters()
+# (which draws every parameter from U(-1/√H, 1/√H)).
+def layer_norm_parameters(cell: CellSpec) -> list[tuple[str, int, float]]:
+    """weight_ln_ih, weight_ln_hh [G·H] (gains of the two products' norms); LSTM also
+    weight_ln_c, bias_ln_c [H] (the norm of c_t before the output tanh)."""
+    names = [("weight_ln_ih", cell.gates, 1.0), ("weight_ln_hh", cell.gates, 1.0)]
+    if "c" in cell.states:
+        names += [("weight_ln_c", 1, 1.0), ("bias_ln_c", 1, 0.0)]
+    return names
+
+
+def reset_layer_norm(module: torch.nn.Module, cell: CellSpec, suffixes: list[str]) -> None:
+    """Layer norm's parameters of ``module`` at their initial values (gains 1, biases 0)."""
+    with torch.no_grad():
+        for sfx in suffixes:
+            for name, _, value in layer_norm_parameters(cell):
+                getattr(module, f"{name}{sfx}").fill_(value)
 
 
 # --------------------------------------------------------------------------------- resolution
+_LOADED: dict = {}     # backend name -> its module of KERNELS, once ``_resolve`` chose it
+
+
 def implementation(backend: str):
-    """The module implementing the variants on ``backend`` (a name ``resolve`` returned)."""
-    return importlib.import_module(KERNELS[backend][0])
+    """The module implementing the variants on ``backend`` (a name ``resolve`` returned; that
+    imported it, outside of any graph torch.compile traces: Dynamo cannot trace an import)."""
+    module = _LOADED.get(backend)
+    if module is None:
+        module = _LOADED[backend] = importlib.import_module(KERNELS[backend][0])
+    return module
 
 
-def resolve(backend: str, spec: VariantSpec, device_type: str, dtype: torch.dtype) -> str:
+# Backends of KERNELS without a kernel for an LSTM with a projection (proj_size > 0): ``auto``
+# passes them over for such a call, a named one raises.
+NO_PROJECTION = ("cpu",)
+
+
+def resolve(backend: str, spec: VariantSpec, device_type: str, dtype: torch.dtype,
+            projected: bool = False) -> str:
     """The backend that runs a call with variants: ``auto`` (or ``RNNKERNELS_BACKEND``'s
     replacement of it) takes the first of ``KERNELS`` that implements them and can run, and says
     once when that is the reference; a named backend without them raises ``RuntimeError``, as
-    ``"torch"`` does (torch.nn has none of them)."""
+    ``"torch"`` does (torch.nn has none of them). ``projected``: an LSTM with proj_size > 0,
+    which the backends of ``NO_PROJECTION`` cannot run."""
+    return _resolve(backend, spec.recurrent(), projected, device_type, dtype)
+
+
+def _resolve(backend: str, used: tuple[str, ...], projected: bool, device_type: str,
+             dtype: torch.dtype) -> str:
+    """``resolve`` on plain arguments. Marked ``assume_constant_result`` once Dynamo is loaded
+    (``_dynamo_setup.py``), as ``functional._resolve``: under torch.compile it runs at trace
+    time (it imports the chosen implementation and may warn) and its answer is a constant."""
     name = backends.requested(backend)
-    used = spec.options()
-    what = spec.describe()
+    what = _describe(used)
+    chosen = _choose(name, used, what, projected, device_type, dtype)
+    implementation(chosen)
+    return chosen
+
+
+def _describe(options) -> str:
+    return ", ".join(NAMES[o] for o in options)
+
+
+def _choose(name: str, used: tuple[str, ...], what: str, projected: bool, device_type: str,
+            dtype: torch.dtype) -> str:
     if name == backends.TORCH:
         raise RuntimeError(f"rnnkernels: backend 'torch' (torch's own RNN kernels) cannot run "
                            f"{what}: torch.nn has no such variant; use backend='auto' or "
@@ -174,20 +258,30 @@ def resolve(backend: str, spec: VariantSpec, device_type: str, dtype: torch.dtyp
         missing = [o for o in used if o not in KERNELS.get(name, ("", ()))[1]]
         if missing:
             raise RuntimeError(f"rnnkernels: backend {name!r} cannot run "
-                               f"{spec.describe(missing)}: no fused kernel for "
-                               f"{spec.describe(missing)} yet; use backend='auto' or 'reference' "
+                               f"{_describe(missing)}: no fused kernel for "
+                               f"{_describe(missing)} yet; use backend='auto' or 'reference' "
                                "(plain PyTorch)")
+        if projected and name in NO_PROJECTION:
+            raise RuntimeError(f"rnnkernels: backend {name!r} cannot run {what} with "
+                               "proj_size > 0: no fused kernel for it yet; use backend='auto' "
+                               "or 'reference' (plain PyTorch)")
         candidates = [name]
     else:
-        candidates = [n for n, (_, has) in KERNELS.items() if all(o in has for o in used)]
+        # auto considers only the backends ``backends`` would auto-pick on this device (never
+        # triton on the CPU, where it is an interpreter for tests).
+        auto = backends._PREFERENCE.get(device_type, ("reference",))
+        candidates = [n for n, (_, has) in KERNELS.items()
+                      if n in auto and all(o in has for o in used)
+                      and not (projected and n in NO_PROJECTION)]
     reasons = []
     for candidate in candidates:
         reason = backends.why_not(candidate, device_type, dtype)
         if reason is None:
             if name == "auto" and candidate == "reference":
-                backends._warn_once(f"rnnkernels: backend='auto' runs {what} on the 'reference' "
+                case = what + (" with proj_size > 0" if projected else "")
+                backends._warn_once(f"rnnkernels: backend='auto' runs {case} on the 'reference' "
                                     f"backend (plain PyTorch, not fused): no fused kernel for "
-                                    f"{what} yet")
+                                    f"{case} yet")
             return candidate
         reasons.append(f"{candidate}: {reason}")
     raise RuntimeError(f"rnnkernels: no backend can run {what} here ({device_type}, {dtype}): "
@@ -195,6 +289,27 @@ def resolve(backend: str, spec: VariantSpec, device_type: str, dtype: torch.dtyp
 
 
 # ---------------------------------------------------------------------------- per-call objects
+LAYER_NORM_EPS = 1e-5       # haste's (its kernels' rsqrt(var + 1e-5)) and torch.nn.LayerNorm's
+
+
+@dataclass(frozen=True)
+class LayerNormScan:
+    """Layer norm in one scan (docs/VARIANTS.md), haste's LayerNormLSTM / LayerNormGRU: the
+    scan's ``xp`` is then x·W_ihᵀ alone, normalised (all steps at once) before the biases.
+
+    ih, hh  [G·H] gains of the norms of x·W_ihᵀ and of h·W_hhᵀ (no bias of their own)
+    c       LSTM: (gain, bias) [H] of the norm of c_t before the output tanh; GRU: None
+    bias    [G·H] the biases after the norms (b_ih + b_hh; GRU: b_hn kept apart) or None
+    b_hn    GRU: [H], inside r ⊙ (LN(h·W_hhᵀ)_n + b_hn); else None
+    """
+
+    ih: Tensor
+    hh: Tensor
+    c: tuple[Tensor, Tensor] | None
+    bias: Tensor | None
+    b_hn: Tensor | None
+
+
 @dataclass(frozen=True)
 class ScanVariant:
     """What one scan (one layer and direction) of a variant call needs.
@@ -209,6 +324,7 @@ class ScanVariant:
     peephole: Tensor | None
     num_heads: int
     keep: tuple[Tensor | float | None, ...]
+    layer_norm: LayerNormScan | None = None     # None: no layer norm (xp has the biases)
 
 
 @dataclass(frozen=True)
@@ -220,16 +336,38 @@ class Call:
     peephole: list[Tensor] | None
     training: bool
     sizes: tuple[int, ...]
+    # Layer norm: per layer and direction its parameters (``layer_norm_parameters`` order), and
+    # the (projection bias, b_hn) that variant_mixins.stack takes out of functional's
+    # projection to add after the norm (None: no biases).
+    layer_norm: list[tuple[Tensor, ...]] | None = None
+    biases: list[tuple[Tensor | None, Tensor | None]] | None = None
+
+    def parameters(self) -> list[Tensor]:
+        """The variants' own parameters (checked for dtype and device as torch.nn's are)."""
+        return [*(self.peephole or []), *(t for ts in self.layer_norm or [] for t in ts)]
+
+    def _layer_norm(self, k: int) -> LayerNormScan | None:
+        if self.layer_norm is None:
+            return None
+        ih, hh, *c = self.layer_norm[k]
+        return LayerNormScan(ih, hh, tuple(c) or None,
+                             *(self.biases[k] if self.biases else (None, None)))
 
     def resolve(self, backend: str, device_type: str, dtype: torch.dtype) -> str:
-        return resolve(backend, self.spec, device_type, dtype)
+        # An LSTM's state sizes are (P, H): they differ exactly when proj_size > 0.
+        return resolve(backend, self.spec, device_type, dtype,
+                       projected=self.sizes[0] != self.sizes[-1])
 
     def per_scan(self, x: Tensor, count: int) -> list[ScanVariant]:
         """One ``ScanVariant`` per layer and direction (k = layer·D + direction) of a run over
         ``x`` [T, B, *]. In training, the zoneout masks are drawn here, before anything else of
-        the forward (so before the inter-layer dropout masks): per state with p > 0, in state
-        order (h, then c), ``torch.empty(count, T, B, size).bernoulli_(p)`` in the accumulation
-        dtype on x's device (torch's default generator there)."""
+        the forward (so before the locked and the inter-layer dropout masks, ``dropout.py``):
+        per state with p > 0, in state order (h, then c),
+        ``torch.empty(count, T, B, size).bernoulli_(p)`` in the accumulation dtype on x's device
+        (torch's default generator there). All None when the recurrence is plain (only locked
+        dropout): the plain scans run it."""
+        if not self.spec.recurrent():
+            return [None] * count
         T, B = x.shape[:2]
         keep: list = []
         for p, size in zip(self.spec.zoneout, self.sizes):
@@ -242,5 +380,6 @@ class Call:
                                     device=x.device).bernoulli_(p)
                 keep.append(list(masks.unbind(0)))
         return [ScanVariant(None if self.peephole is None else self.peephole[k],
-                            self.spec.num_heads, tuple(per_state[k] for per_state in keep))
+                            self.spec.num_heads, tuple(per_state[k] for per_state in keep),
+                            self._layer_norm(k))
                 for k in range(count)]

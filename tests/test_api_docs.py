@@ -28,10 +28,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 P = inspect.Parameter
 # Our keyword-only options beyond torch's, with their defaults: ``backend``, then the recurrent
-# variants' (rnnkernels/variants.py), of which each class takes its cell's.
-OURS = {"backend": "auto", "peephole": False, "num_heads": 1, "zoneout": 0.0}
-VARIANT_OPTIONS = {"LSTM": ("peephole", "num_heads", "zoneout"), "GRU": ("num_heads", "zoneout"),
-                   "RNN": ("num_heads",)}
+# variants' (rnnkernels/variants.py), of which each class takes its cell's, then the layers'
+# locked dropouts (rnnkernels/dropout.py).
+OURS = {"backend": "auto", "peephole": False, "num_heads": 1, "zoneout": 0.0,
+        "layer_norm": False, "locked_dropout": False, "input_dropout": 0.0,
+        "output_dropout": 0.0}
+_DROPOUTS = ("locked_dropout", "input_dropout", "output_dropout")
+_CELL_OPTIONS = {"LSTM": ("peephole", "num_heads", "zoneout", "layer_norm"),
+                 "GRU": ("num_heads", "zoneout", "layer_norm"), "RNN": ("num_heads",)}
+VARIANT_OPTIONS = {**{k: v + _DROPOUTS for k, v in _CELL_OPTIONS.items()},
+                   **{f"{k}Cell": v for k, v in _CELL_OPTIONS.items()}}
 
 
 def torch_signature(name: str) -> inspect.Signature:
@@ -57,7 +63,7 @@ def test_constructor_signature_is_torchs_plus_ours(name):
     params = list(ours.parameters.values())
     n = len(torch_signature(name).parameters)
     assert shape(ours.replace(parameters=params[:n])) == shape(torch_signature(name))
-    extra = ("backend", *VARIANT_OPTIONS[name.removesuffix("Cell")])
+    extra = ("backend", *VARIANT_OPTIONS[name])
     assert [(p.name, p.kind, p.default) for p in params[n:]] == \
         [(o, P.KEYWORD_ONLY, OURS[o]) for o in extra]
     assert all(p.annotation is not P.empty for p in ours.parameters.values()), ours

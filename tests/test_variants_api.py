@@ -19,8 +19,8 @@ from tests.helpers import MODES, our_class, torch_class
 
 LAYERS = ["LSTM", "GRU", "RNN_TANH"]
 CELLS = ["LSTMCell", "GRUCell", "RNNCell_TANH"]
-DEFAULTS = {"LSTM": dict(peephole=False, num_heads=1, zoneout=(0.0, 0.0)),
-            "GRU": dict(num_heads=1, zoneout=0.0), "RNN": dict(num_heads=1)}
+DEFAULTS = {"LSTM": dict(peephole=False, num_heads=1, zoneout=(0.0, 0.0), layer_norm=False),
+            "GRU": dict(num_heads=1, zoneout=0.0, layer_norm=False), "RNN": dict(num_heads=1)}
 
 
 def make(mode, *args, **kwargs):
@@ -201,28 +201,45 @@ def test_zoneout_keeps_the_documented_fraction_of_units_exactly_as_drawn():
 
 # -------------------------------------------------------------------------------- routing
 def test_auto_runs_variants_on_the_reference_and_says_so_once():
+    """Layer norm has no fused kernel yet (variants.KERNELS): auto runs it on the reference and
+    says so once; a variant with a fused kernel on the CPU says nothing."""
     backends._warned.clear()
-    lstm = rnnkernels.LSTM(5, 6, peephole=True)
+    lstm = rnnkernels.LSTM(5, 6, layer_norm=True)
     x = torch.randn(4, 2, 5)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         lstm(x)
         lstm(x)
-        rnnkernels.LSTM(5, 6, peephole=True, backend="reference")(x)
+        rnnkernels.LSTM(5, 6, layer_norm=True, backend="reference")(x)
+        rnnkernels.LSTM(5, 6, peephole=True)(x)          # the cpu kernel: nothing to say
     said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
-    assert said == ["rnnkernels: backend='auto' runs peephole on the 'reference' backend (plain "
-                    "PyTorch, not fused): no fused kernel for peephole yet"]
+    assert said == ["rnnkernels: backend='auto' runs layer norm on the 'reference' backend "
+                    "(plain PyTorch, not fused): no fused kernel for layer norm yet"]
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu", "triton", "cuda"])
 def test_a_backend_without_the_variant_raises(backend):
     x = torch.randn(4, 2, 5)
-    for module, what in ((rnnkernels.GRU(5, 6, num_heads=2, backend=backend), "head-wise"),
-                         (rnnkernels.LSTMCell(5, 6, zoneout=0.1, backend=backend), "zoneout")):
-        match = f"backend 'torch' .* cannot run {what}.*torch.nn has no such variant" \
-            if backend == "torch" else f"backend '{backend}' cannot run {what}.*no fused kernel"
+    for module, what in ((rnnkernels.GRU(5, 6, layer_norm=True, backend=backend), "layer norm"),
+                         (rnnkernels.LSTMCell(5, 6, layer_norm=True, zoneout=0.1,
+                                              backend=backend), "layer norm")):
+        match = f"backend 'torch' .* cannot run .*{what}.*torch.nn has no such variant" \
+            if backend == "torch" else f"backend '{backend}' cannot run .*{what}.*no fused kernel"
         with pytest.raises(RuntimeError, match=match):
             module(x if isinstance(module, torch.nn.GRU) else x[0])
+
+
+def test_a_fused_backend_runs_the_variants_it_has():
+    """cpu (and triton, through its interpreter here) run peephole, head-wise and zoneout."""
+    x = torch.randn(4, 2, 5)
+    for backend in ("cpu", "triton"):
+        if backend not in rnnkernels.available_backends("cpu"):
+            continue
+        torch.manual_seed(0)
+        fused = rnnkernels.GRU(5, 6, num_heads=2, zoneout=0.1, backend=backend).eval()
+        ref = rnnkernels.GRU(5, 6, num_heads=2, zoneout=0.1, backend="reference").eval()
+        ref.load_state_dict(fused.state_dict())
+        torch.testing.assert_close(fused(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_variants_differentiate_in_every_autograd_mode():
@@ -243,3 +260,18 @@ def test_revert_refuses_a_variant(cls, kw):
     m = torch.nn.Sequential(getattr(rnnkernels, cls)(3, 4, **kw))
     with pytest.raises(ValueError, match="revert: this .* uses .* which torch.nn"):
         rnnkernels.revert(m)
+
+
+def test_torch_compile_fullgraph_runs_the_variants():
+    """The variants' backend choice is a constant of the graph (_dynamo_setup.py): fullgraph
+    compiles of a fused variant (cpu), a reference one (layer norm) and the sLSTM equal eager."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 4)
+    for module in (rnnkernels.LSTM(4, 6, peephole=True, num_heads=2, zoneout=0.1).eval(),
+                   rnnkernels.GRU(4, 6, layer_norm=True),
+                   rnnkernels.SLSTM(4, 6, num_heads=2)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # auto's "runs ... on the reference"
+            eager = module(x)
+            compiled = torch.compile(module, fullgraph=True, backend="eager")(x)
+        torch.testing.assert_close(compiled, eager)

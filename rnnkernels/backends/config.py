@@ -22,9 +22,10 @@ class Setting:
     def read(self) -> str:
         """The value from the environment (the default when unset or empty), validated."""
         got = _raw_environ(self.env)
-        hit = _validated.get((self.env, got))
-        if hit is not None:
-            return hit
+        if got is not _NO_FAST_READ:
+            hit = _validated.get((self.env, got))
+            if hit is not None:
+                return hit
         raw = (os.environ.get(self.env, "") if got is _NO_FAST_READ else
                "" if got is None else os.environ.decodevalue(got)).strip() or self.default
         if self.values and raw not in self.values:
@@ -48,7 +49,8 @@ _validated: dict[tuple[str, object], str] = {}
 
 def _raw_environ(name: str):
     """The raw (encoded) value of ``name`` in the environment, None when unset, or
-    ``_NO_FAST_READ`` where this Python has no raw dict to look in."""
+    ``_NO_FAST_READ`` where this Python has no raw dict to look in. (torch.compile's Dynamo
+    never traces this: ``get`` is a constant of its graphs, see ``_dynamo_setup.py``.)"""
     if not isinstance(_ENV_DATA, dict):
         return _NO_FAST_READ
     key = _ENV_KEYS.get(name)

@@ -15,6 +15,8 @@ import inspect
 import torch
 
 from ..cells import CELLS
+from ..dropout import OPTIONS as DROPOUT_OPTIONS
+from ._variant_docs import variant_docs
 
 # ------------------------------------------------------------------------------- signatures
 _P = inspect.Parameter
@@ -36,15 +38,22 @@ _PARAMETERS = {p.name: p for p in (
     _P("peephole", _P.KEYWORD_ONLY, default=False, annotation=bool),
     _P("num_heads", _P.KEYWORD_ONLY, default=1, annotation=int),
     _P("zoneout", _P.KEYWORD_ONLY, default=0.0, annotation=float),
+    _P("layer_norm", _P.KEYWORD_ONLY, default=False, annotation=bool),
+    # The layers' locked dropouts (rnnkernels/dropout.py).
+    _P("locked_dropout", _P.KEYWORD_ONLY, default=False, annotation=bool),
+    _P("input_dropout", _P.KEYWORD_ONLY, default=0.0, annotation=float),
+    _P("output_dropout", _P.KEYWORD_ONLY, default=0.0, annotation=float),
 )}
 _LAYER = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
           "bidirectional")
 _FACTORY = ("device", "dtype", "backend")
 
 
-def _signature(kind: str, *names: str) -> inspect.Signature:
-    """torch's parameters ``names``, then the keyword-only variant options of cell ``kind``."""
-    params = [_PARAMETERS[n] for n in names + CELLS[kind].variants]
+def _signature(kind: str, *names: str, layer: bool = False) -> inspect.Signature:
+    """torch's parameters ``names``, then the keyword-only variant options of cell ``kind``
+    (and of a ``layer``, the locked dropouts of ``rnnkernels/dropout.py``)."""
+    params = [_PARAMETERS[n] for n in names + CELLS[kind].variants
+              + (tuple(DROPOUT_OPTIONS) if layer else ())]
     if len(CELLS[kind].states) > 1:       # an LSTM's zoneout may be a pair (p_h, p_c)
         params = [p.replace(annotation=float | tuple[float, float]) if p.name == "zoneout"
                   else p for p in params]
@@ -53,9 +62,9 @@ def _signature(kind: str, *names: str) -> inspect.Signature:
 
 # torch.nn.RNN takes ``nonlinearity`` as its fourth parameter; only the LSTM has ``proj_size``.
 SIGNATURES = {
-    "LSTM": _signature("lstm", *_LAYER, "proj_size", *_FACTORY),
-    "GRU": _signature("gru", *_LAYER, *_FACTORY),
-    "RNN": _signature("rnn", *_LAYER[:3], "nonlinearity", *_LAYER[3:], *_FACTORY),
+    "LSTM": _signature("lstm", *_LAYER, "proj_size", *_FACTORY, layer=True),
+    "GRU": _signature("gru", *_LAYER, *_FACTORY, layer=True),
+    "RNN": _signature("rnn", *_LAYER[:3], "nonlinearity", *_LAYER[3:], *_FACTORY, layer=True),
     "LSTMCell": _signature("lstm", "input_size", "hidden_size", "bias", *_FACTORY),
     "GRUCell": _signature("gru", "input_size", "hidden_size", "bias", *_FACTORY),
     "RNNCell": _signature("rnn", "input_size", "hidden_size", "bias", "nonlinearity", *_FACTORY),
@@ -74,8 +83,8 @@ classes in a model, sharing the parameters.
 
 * ``"auto"`` (default): the fastest backend that can run the call's device and dtype: on CUDA
   "triton", else "cuda", else "reference"; on the CPU "cpu" (the compiled extension), else
-  "reference". A cell's call on the CPU runs torch's own cell (one step of it costs less than
-  a kernel call). Calls under forward-mode AD or a ``torch.func`` transform run torch's own
+  "reference". A cell's call on the CPU, and a layer's with one time step, run a fused C++
+  step (one call and one autograd node per step; torch's own cell under CPU autocast). Calls under forward-mode AD or a ``torch.func`` transform run torch's own
   kernels (said once, with a ``RuntimeWarning``). The environment variable
   ``RNNKERNELS_BACKEND`` replaces "auto" (never an explicit name).
 * ``"triton"`` (CUDA), ``"cuda"``, ``"cpu"``, ``"reference"`` (plain PyTorch loops, any
@@ -199,45 +208,6 @@ def _cell_math(template: str) -> str:
 
 
 # The variants' options (rnnkernels/variants.py, docs/VARIANTS.md), for the classes that take them.
-_VARIANT_ARGS = {
-    "peephole": """\
-    peephole: keyword only; if True, peephole connections (Gers & Schmidhuber 2000): i and f
-        also see c_{{t-1}} and o sees c_t, through the diagonal weights ``weight_ch{sfx}``:
-        i = σ(... + w_ci ⊙ c_{{t-1}}), f = σ(... + w_cf ⊙ c_{{t-1}}), o = σ(... + w_co ⊙ c_t).
-        Default: False""",
-    "num_heads": """\
-    num_heads: keyword only; head-wise (block-diagonal) recurrence: the hidden state is
-        num_heads heads of d = hidden_size / num_heads units, and each gate unit sees only its
-        own head's previous state; ``weight_hh{sfx}`` is then ({g}, d).
-        Default: 1 (dense, torch.nn's)""",
-    "zoneout": """\
-    zoneout: keyword only; zoneout (Krueger et al. 2017): in training, each unit of {states}
-        keeps its previous value with this probability at each step (masks from torch's
-        generator, so ``torch.manual_seed`` reproduces them); in eval, the expectation
-        p·previous + (1-p)·new.{pair} Default: 0""",
-}
-_VARIANT_NOTE = """
-    With any of these options the module runs on the "reference" backend (plain PyTorch) for
-    now: "auto" says so once; a backend without the variant raises ``RuntimeError``. Every
-    option at its default: exactly torch.nn's module. docs/VARIANTS.md."""
-
-
-def _variant_docs(kind: str, sfx: str) -> tuple[str, str]:
-    """(Args lines, Attributes lines) of the variant options class ``kind`` takes."""
-    cell = CELLS[kind.lower()]
-    lstm = len(cell.states) > 1
-    args = [_VARIANT_ARGS[o].format(
-        sfx=sfx, g=_GATES[kind][0], states="h and c" if lstm else "h",
-        pair=" A float, or a pair (p_h, p_c) for h and c." if lstm else "")
-        for o in cell.variants]
-    attrs = ""
-    if cell.peephole_gates:
-        attrs = (f"\n    weight_ch{sfx}: (``peephole=True``) the peephole weights "
-                 f"(w_ci|w_cf|w_co), shape\n        (3, hidden_size), drawn from U(-√k, √k) "
-                 "like every other weight.")
-    return "\n" + "\n".join(args) + _VARIANT_NOTE, attrs
-
-
 def _layer_doc(name: str, what: str, math: str, notes: str, example: str) -> str:
     g, ih, hh = _GATES[name]
     lstm = name == "LSTM"
@@ -245,7 +215,7 @@ def _layer_doc(name: str, what: str, math: str, notes: str, example: str) -> str
         nonlinearity=_NONLINEARITY if name == "RNN" else "",
         proj_size="    proj_size: if > 0, an LSTM with projections of that size. Default: 0\n"
         if lstm else "")
-    variant_args, variant_attrs = _variant_docs(name, "_l[k]")
+    variant_args, variant_attrs = variant_docs(name, _GATES[name][0], "_l[k]", layer=True)
     io = _LAYER_IO.format(
         name=name, g=g, ih=ih, hh=hh,
         h0="(h_0, c_0)" if lstm else "h_0", hn="(h_n, c_n)" if lstm else "h_n",
@@ -270,7 +240,7 @@ def _cell_doc(name: str, what: str, math: str, states: str, example: str) -> str
     kind = name.removesuffix("Cell")
     g, ih, hh = _GATES[kind]
     args = _CELL_ARGS.format(nonlinearity=_NONLINEARITY if kind == "RNN" else "")
-    variant_args, variant_attrs = _variant_docs(kind, "")
+    variant_args, variant_attrs = variant_docs(kind, _GATES[kind][0], "")
     return (f"{what}\n\nOne step, from the input x and the state {states}::\n\n"
             f"{_cell_math(math)}\n\n{_TERMS[kind]}\n\n{_BACKEND.format(name=name)}\n\n"
             f"Args:\n{args}{variant_args}\n\n{_CELL_IO[name]}\n\nAttributes:\n"

@@ -4,19 +4,23 @@
 of ``modules.py``'s mixins. They take the variant options out of the constructor's keywords
 before torch.nn's constructor runs (an option a cell does not take stays there, and torch.nn
 raises its ``TypeError`` for it), check them (``variants.parse``), reshape or add the parameters
-(``variants.install``), expose them read-only (``peephole``, ``num_heads``, ``zoneout``; an
-option a class does not take is no attribute of it) and in ``repr``, and run the forward of a
+(``variants.install``), expose them read-only (``peephole``, ``num_heads``, ``zoneout``, and
+the layers' ``locked_dropout``, ``input_dropout``, ``output_dropout``; an option a class does
+not take is no attribute of it) and in ``repr``, and run the forward of a
 module with variants: torch.nn's checks as ``modules.py`` makes them, then ``stack``, the layers
 × directions of ``functional`` with each scan given its part of the variants. A module whose
 options are all at their defaults has no variant (``_variant`` is None) and never comes here.
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 
+from .. import backends, routes
+from .. import dropout as D
 from .. import functional as RF
 from .. import variants as V
 from ..cells import CELLS, CellSpec
@@ -35,10 +39,18 @@ def stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: li
           batch_first: bool, batch_sizes: Tensor | None, backend: str, relu: bool,
           call: V.Call):
     """``functional._stack`` for a call with variants: the same steps (parameter grouping,
-    autocast, checks, layout, inter-layer dropout, output layout) from its helpers, but never
-    torch's own RNN nor a one-step kernel (neither has a variant): the backend comes from
-    ``variants.resolve`` and every scan gets ``call``'s part of the variants."""
-    RF._check_consistent(name, input, [], call.peephole or [])
+    autocast, checks, layout, inter-layer dropout, output layout) from its helpers. With a
+    recurrent variant never torch's own RNN nor a one-step kernel (neither has one): the backend
+    comes from ``variants.resolve`` and every scan gets ``call``'s part of the variants. A call
+    whose only variants are the locked dropouts (``dropout.py``: they act between the scans)
+    keeps the plain routes: torch's own RNN where the plain stack takes it
+    (``dropout.torch_layers``), else the plain scans (and the fused step at T = 1)."""
+    plain = not call.spec.recurrent()
+    if plain and backends.torch_route(backend, routes.unsupported_autograd_mode(
+            [input, *hx, *params])):
+        return D.torch_layers(cell, input, hx, list(params), has_biases, num_layers, dropout,
+                              train, bidirectional, batch_first, batch_sizes, relu, call.spec)
+    RF._check_consistent(name, input, [], call.parameters())
     dirs = 2 if bidirectional else 1
     per = RF._params_per_direction(name, params, num_layers, dirs)
     cast, op_by_op = RF._autocast_dtype(input)
@@ -46,11 +58,16 @@ def stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: li
     if cast is not None:
         input, hx, params = input.to(cast), [h.to(cast) for h in hx], [q.to(cast) for q in params]
     RF._check_consistent(name, input, hx, params)
+    if call.layer_norm is not None and has_biases:
+        call, params, per = _biases_after_norm(cell, call, params, per)
+        has_biases = False
     x, mask, lengths = RF._to_time_major(input, batch_sizes, batch_first)
-    chosen = call.resolve(backend, x.device.type, x.dtype)
+    chosen = RF._resolve(backend, x.device.type, x.dtype) if plain else \
+        call.resolve(backend, x.device.type, x.dtype)
     with torch.autocast(x.device.type, enabled=False) if cast is not None else nullcontext():
         output, finals = RF._run_layers(cell, x, hx, params, per, has_biases, num_layers, dirs,
                                         dropout, train, mask, lengths, chosen, relu, call)
+        output = D.locked(output, call.spec.output_dropout, call.training)   # the last draw
     output = RF._from_time_major(output, mask, batch_first)
     finals = [torch.stack(f, 0) for f in finals]
     if op_by_op:
@@ -59,14 +76,28 @@ def stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: li
     return (output, *finals)
 
 
+def _biases_after_norm(cell: CellSpec, call: V.Call, params: list[Tensor], per: int):
+    """Layer norm normalises x·W_ihᵀ alone and adds the biases after the norm (haste's form),
+    where functional's projection would fold them in before it: so the biases leave the
+    parameters (per layer and direction, as ``functional._layer_weights`` folds them: the
+    projection bias and GRU's b_hn) and travel with ``call`` to the scans. The plain path is
+    untouched. Returns (call, params without biases, tensors per layer and direction)."""
+    groups = [params[i:i + per] for i in range(0, len(params), per)]
+    biases = [RF._layer_weights(cell, p, True)[2:4] for p in groups]
+    params = [q for p in groups for q in (*p[:2], *p[4:])]
+    return dataclasses.replace(call, biases=biases), params, per - 2
+
+
 class _Variants:
     """What layers and cells share: options, parameters, properties, repr."""
 
     _variant: V.VariantSpec | None = None    # the default (also of old pickles, convert()'s twins)
+    _stack_options: tuple[str, ...] = ()      # options beyond the cell's (the layers' dropouts)
 
     def __init__(self, *args, **kwargs):
         cell = cell_of(type(self))
-        options = {name: kwargs.pop(name) for name in cell.variants if name in kwargs}
+        options = {name: kwargs.pop(name) for name in cell.variants + self._stack_options
+                   if name in kwargs}
         super().__init__(*args, **kwargs)
         spec = V.parse(cell, self.hidden_size, getattr(self, "proj_size", 0), options)
         if spec is not None:
@@ -100,6 +131,18 @@ class _Variants:
         """The zoneout probability as given (LSTM: a float or (p_h, p_c)); read-only."""
         return self._option("zoneout")
 
+    @property
+    def layer_norm(self) -> bool:
+        """LSTM, GRU: whether the gate pre-activations (and c) are layer-normalised; read-only."""
+        return self._option("layer_norm")
+
+    def reset_parameters(self) -> None:
+        """torch.nn's (every parameter from U(-1/√H, 1/√H)), then the layer norm's gains and
+        biases back at 1 and 0."""
+        super().reset_parameters()
+        if self._variant is not None and self._variant.layer_norm:
+            V.reset_layer_norm(self, cell_of(type(self)), self._suffixes())
+
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self._variant is None:
@@ -117,11 +160,34 @@ class _Variants:
         peephole = None
         if self._variant.peephole:
             peephole = [getattr(self, f"weight_ch{sfx}") for sfx in self._suffixes()]
-        return V.Call(self._variant, peephole, self.training, sizes)
+        layer_norm = None
+        if self._variant.layer_norm:
+            names = [name for name, _, _ in V.layer_norm_parameters(cell_of(type(self)))]
+            layer_norm = [tuple(getattr(self, f"{n}{sfx}") for n in names)
+                          for sfx in self._suffixes()]
+        return V.Call(self._variant, peephole, self.training, sizes, layer_norm=layer_norm)
 
 
 class LayerVariants(_Variants):
-    """The variants of LSTM, GRU and RNN (parameters per layer and direction)."""
+    """The variants of LSTM, GRU and RNN (parameters per layer and direction), and their
+    locked dropout (``rnnkernels/dropout.py``)."""
+
+    _stack_options = tuple(D.OPTIONS)
+
+    @property
+    def locked_dropout(self) -> bool:
+        """Whether the inter-layer ``dropout`` draws one mask per sequence; read-only."""
+        return (self._variant or V.VariantSpec()).locked_dropout
+
+    @property
+    def input_dropout(self) -> float:
+        """The locked dropout probability of the stack's input; read-only."""
+        return (self._variant or V.VariantSpec()).input_dropout
+
+    @property
+    def output_dropout(self) -> float:
+        """The locked dropout probability of the last layer's output; read-only."""
+        return (self._variant or V.VariantSpec()).output_dropout
 
     def _suffixes(self) -> list[str]:
         dirs = ("", "_reverse") if self.bidirectional else ("",)
