@@ -9,7 +9,7 @@ what the layers above the scans need, once:
 * ``parse``: the options' checks (torch's error types: ``TypeError`` for a wrong type,
   ``ValueError`` for a wrong value) → a ``VariantSpec``;
 * ``install``: the parameters a variant changes or adds, on a constructed torch.nn module;
-* ``resolve``: which backend runs a variant call (phase 1: "reference" only; see ``KERNELS``);
+* ``resolve``: which backend runs a variant call (the fused ones first; see ``KERNELS``);
 * ``Call`` / ``ScanVariant``: what one forward, and one scan of it, hands to the scan functions
   (``ops/variants.py``), zoneout masks included.
 

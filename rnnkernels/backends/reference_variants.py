@@ -12,7 +12,7 @@ Autograd differentiates the loop (there is no hand-written reverse scan, unlike
 formula to drift from it; every autograd mode torch.nn supports (double backward, forward-mode
 AD, ``torch.func``) works as it does for plain PyTorch code — the plain scans reach those
 through torch's own RNN, which no variant has; and the hand-written reverse scan belongs with
-the fused kernels (phase 2), where this loop is the oracle its gradients are tested against, as
+the fused kernels (cpu_variants.py, triton/variants.py), where this loop is the oracle its gradients are tested against, as
 ``reference.py`` is for the plain cells. The loop is written so its backward stays linear in T:
 the input and the masks are put in processing order once and split with ``unbind`` (one
 autograd node, where indexing a step at a time would make each step's backward a full-size

@@ -1,12 +1,12 @@
-"""The scans of the recurrent variants (peephole, head-wise recurrence, zoneout): docs/VARIANTS.md.
+"""The scans of the recurrent variants (peephole, head-wise recurrence, zoneout, layer norm):
+docs/VARIANTS.md.
 
 ``SCANS[cell]`` (``functional``'s one call per layer and direction) hands a scan with a
-``variant`` (a ``rnnkernels.variants.ScanVariant``) here, with the plain scan's arguments. Phase 1
-has no custom op for them: the backend that ``rnnkernels.variants.resolve`` chose (today only
-"reference") runs the scan as differentiable PyTorch, and autograd differentiates it
-(``backends/reference_variants.py`` says why). A fused kernel will enter here as a
-``torch.ops.rnnkernels.*_variant_scan`` op taking the same tensors, with the reference as its
-oracle and its double backward, as the plain scans have.
+``variant`` (a ``rnnkernels.variants.ScanVariant``) here, with the plain scan's arguments; the
+backend that ``rnnkernels.variants.resolve`` chose runs it: ``backends/cpu_variants.py`` and
+``backends/triton/variants.py`` (custom ops with fake impls and hand-written reverse scans) or
+``backends/reference_variants.py`` (differentiable PyTorch, the oracle of both, and the path
+of their double backward, forward-mode AD and torch.func).
 """
 from __future__ import annotations
 
