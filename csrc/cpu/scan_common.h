@@ -99,6 +99,28 @@ inline void convert_units(int64_t B, int64_t H, int64_t j0, int64_t j1, D* h, co
   }
 }
 
+// A fused forward's step s for one thread's units [j0, j1): the sequences active at s go to
+// act_b (their batch index) and act_t (their time index), and their count is returned; a
+// sequence past its length keeps its state (cur → nxt) and gets a zero output row. `Sched` is
+// ScanArgs::sched.
+template <class Sched, class A, class S>
+inline int64_t active_rows(const Sched& sched, int64_t s, int64_t B, int64_t H, int64_t j0,
+                           int64_t j1, const A* cur, A* nxt, S* out, int64_t* act_b,
+                           int64_t* act_t) {
+  int64_t na = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t t = sched.time(s, b);
+    if (t >= 0) {
+      act_b[na] = b;
+      act_t[na++] = t;
+    } else {  // frozen state; zero output at the padded position
+      std::memcpy(nxt + b * H + j0, cur + b * H + j0, sizeof(A) * (j1 - j0));
+      fill_zero(out + (s * B + b) * H + j0, j1 - j0);
+    }
+  }
+  return na;
+}
+
 // Rows per batch tile: at most `max_rows`, the tiles of the remaining rows as even as possible
 // (7 rows at most 6 per tile → 4 + 3, never 6 + 1: every tile keeps its loads shared).
 inline int tile_rows(int64_t remaining, int max_rows) {

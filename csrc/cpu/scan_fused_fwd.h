@@ -58,17 +58,7 @@ Status forward_fused_impl(const ScanArgs& a, const ForwardScratch& w, int nthrea
     for (int64_t s = 0; s < Tn; ++s) {
       const A* cur = hbuf + ((s + 1) & 1) * B * H;
       A* nxt = hbuf + (s & 1) * B * H;
-      int64_t na = 0;
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t t = a.sched.time(s, b);
-        if (t >= 0) {
-          act_b[na] = b;
-          act_t[na++] = t;
-        } else {  // frozen state; zero output at the padded position
-          std::memcpy(nxt + b * H + j0, cur + b * H + j0, sizeof(A) * (j1 - j0));
-          fill_zero(out + (s * B + b) * H + j0, j1 - j0);
-        }
-      }
+      const int64_t na = active_rows(a.sched, s, B, H, j0, j1, cur, nxt, out, act_b, act_t);
       for (int64_t p = p0; p < p1; ++p) {
         const A* panel = Wp + p * pstride;
         for (int64_t i0 = 0; i0 < na;) {
