@@ -40,8 +40,8 @@ void set_option(const std::string& name, const std::string& value) {
     options().poison = value == "1";
   } else if (name == "cpu_isa") {
     TORCH_CHECK(cpu::set_isa(value.c_str()), "rnnkernels_C.set_option: cpu_isa '", value,
-                "' is not available here (expected 'auto', 'generic' or, on an AVX2+FMA CPU, "
-                "'avx2')");
+                "' is not available here (expected 'auto', 'generic' or, on a CPU that has it, "
+                "'avx2' (AVX2+FMA) or 'avx512' (AVX-512 F/VL/BW/DQ))");
   } else if (name == "cpu_pool_mb") {
     int64_t mb = -1;
     try {

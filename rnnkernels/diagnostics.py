@@ -30,7 +30,8 @@ from .backends import config
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 DEVICE_TYPES = ("cpu", "cuda")
-ISA_FLAGS = ("avx2", "fma", "avx512f")   # what the compiled CPU kernels dispatch on
+# What the compiled CPU kernels dispatch on (csrc/cpu/scan_dispatch.cpp).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512vl", "avx512bw", "avx512dq")
 # The self-check: module, constructor kwargs. Odd sizes so an indexing slip cannot hide.
 CHECK_T, CHECK_B, CHECK_I, CHECK_H = 5, 3, 7, 11
 CHECK_CASES = (

@@ -61,17 +61,30 @@ GENERIC = [
 ]
 
 
+def _isa_available(isa: str) -> bool:
+    try:
+        with ext.option("cpu_isa", isa):
+            return True
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("path", ["gemm", "fused"])
 @pytest.mark.parametrize("shape", GENERIC, ids=_ids(GENERIC))
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_cpu_generic_isa(cell, shape, path):
-    """The build without AVX2 (what a CPU without AVX2/FMA runs) gives the same results."""
+def test_cpu_each_isa(cell, shape, path, isa):
+    """Every instruction-set build this CPU can run gives the same results: the generic one (a
+    CPU without AVX2/FMA), AVX2 and AVX-512 (16-lane vectors, other register tiles), whichever
+    `auto` picks here (the other tests run that one)."""
     _, T, B, H, lengths, reverse = shape
     if path == "fused" and cell == "LSTM-proj":
         pytest.skip("no fused projection")
+    if not _isa_available(isa):
+        pytest.skip(f"this CPU cannot run the {isa} build")
     case = Case(cell, T, B, H, lengths, reverse, torch.float32, "cpu", seed=1)
-    with ext.option("cpu_path", path), ext.option("cpu_isa", "generic"):
-        assert ext.get_option("cpu_isa") == "generic"
+    with ext.option("cpu_path", path), ext.option("cpu_isa", isa):
+        assert ext.get_option("cpu_isa") == isa
         check_case(case, ext.cpu, torch.float32)
 
 

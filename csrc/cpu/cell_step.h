@@ -21,6 +21,7 @@
 // dtype (float for the half types), cast on store.
 #pragma once
 
+#include "isa_dispatch.h"
 #include "rnnkernels/scan_params.h"
 
 namespace rnnk {
@@ -50,43 +51,20 @@ struct RowsDot {
   void* out = nullptr;         // [B, N]
 };
 
-// The instruction-set builds (in scan_generic.cpp, scan_avx2.cpp); cell_step_forward /
-// cell_step_backward below run the one the scans run (cpu::isa(), csrc/cpu/scan_cpu.h).
-#if defined(__x86_64__) || defined(__i386__)
-constexpr bool kCellStepAvx2Build = true;
-#else
-constexpr bool kCellStepAvx2Build = false;  // no avx2 namespace: only named where discarded
-#endif
-namespace generic {
-Status cell_step_forward(const CellStep& step);
-Status cell_step_backward(const CellStep& step);
-Status rows_dot(const RowsDot& d);
-}  // namespace generic
-namespace avx2 {
-Status cell_step_forward(const CellStep& step);
-Status cell_step_backward(const CellStep& step);
-Status rows_dot(const RowsDot& d);
-}  // namespace avx2
-
-const char* isa();
+// The instruction-set builds (scan_generic.cpp, scan_avx2.cpp, scan_avx512.cpp);
+// cell_step_forward / cell_step_backward below run the one the scans run (cpu::isa_level()).
+RNNK_DECLARE_IN_EACH_ISA(
+    Status cell_step_forward(const CellStep& step);
+    Status cell_step_backward(const CellStep& step);
+    Status rows_dot(const RowsDot& d);)
 
 inline Status cell_step_forward(const CellStep& step) {
-  if constexpr (kCellStepAvx2Build)
-    if (isa()[0] == 'a') return avx2::cell_step_forward(step);  // "avx2"
-  return generic::cell_step_forward(step);
+  return RNNK_ISA_CALL(cell_step_forward, step);
 }
-
 inline Status cell_step_backward(const CellStep& step) {
-  if constexpr (kCellStepAvx2Build)
-    if (isa()[0] == 'a') return avx2::cell_step_backward(step);
-  return generic::cell_step_backward(step);
+  return RNNK_ISA_CALL(cell_step_backward, step);
 }
-
-inline Status rows_dot(const RowsDot& d) {
-  if constexpr (kCellStepAvx2Build)
-    if (isa()[0] == 'a') return avx2::rows_dot(d);
-  return generic::rows_dot(d);
-}
+inline Status rows_dot(const RowsDot& d) { return RNNK_ISA_CALL(rows_dot, d); }
 
 }  // namespace cpu
 }  // namespace rnnk

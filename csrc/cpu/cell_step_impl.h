@@ -1,5 +1,5 @@
 // csrc/cpu/cell_step_impl.h — the kernels of csrc/cpu/cell_step.h. Included by the scans'
-// instruction-set builds (scan_generic.cpp, scan_avx2.cpp) after scan_impl.h, under the same
+// instruction-set builds (isa_build.h) after scan_impl.h, under the same
 // RNNK_CPU_ISA; do not include it anywhere else.
 //
 // A cell step is the scans' pointwise pass (scan_step.h) at T = 1 with a Step of its own: the

@@ -91,10 +91,11 @@ struct Panel {
   static constexpr int U = kElman ? 2 * L : L;  // hidden units per panel
   static constexpr int UV = U / L;              // vectors of units per panel
   static constexpr int NV = G * UV;             // vectors per packed row (one k)
-  // Batch rows per micro-tile: MR·NV ≤ 12 accumulators. The GRU's 4×3 and the RNN's 6×2 fit
-  // only with the weights in registers (fma_tile's loop orders); they beat 3×3 and 5×2, see
-  // bench/results/cpu-20261126/README.md.
-  static constexpr int MR = C == Cell::kLSTM ? 3 : (C == Cell::kGRU ? 4 : 6);
+  // Batch rows per micro-tile: MR·NV accumulators + NV weight vectors + a broadcast within the
+  // registers: ≤ 12 accumulators of 16 registers (AVX2), ≤ 24 of 32 (AVX-512). The GRU's 4×3 and
+  // the RNN's 6×2 fit only with the weights in registers (fma_tile's loop orders); they beat 3×3
+  // and 5×2, see bench/results/cpu-20261126/README.md. With 32 registers the same shapes double.
+  static constexpr int MR = (C == Cell::kLSTM ? 3 : (C == Cell::kGRU ? 4 : 6)) * (kVecRegs / 16);
 };
 
 // Packs panels [p0, p1): Wp[p][k][(q·UV + u)·L + l] = W_hh[q·H + p·U + u·L + l][k], zero past H.
@@ -149,10 +150,11 @@ RNNK_INLINE void axpy_tile(const A* W, int64_t ldw, int64_t GH, const A* const* 
 }
 
 // Column vectors per axpy tile for NB ≤ 4 batch rows: NB·KV accumulators + NB broadcasts + one
-// W vector within the 16 ymm registers (wider tiles spill with GCC and run slower).
+// W vector within the registers (16 ymm: wider tiles spill with GCC and run slower; 32 zmm).
 template <int NB>
 struct AxpyKV {
-  static constexpr int value = NB == 1 ? 8 : NB == 2 ? 6 : NB == 3 ? 3 : 2;
+  static constexpr int value = kVecRegs >= 32 ? (NB <= 2 ? 8 : NB == 3 ? 6 : 5)
+                                              : (NB == 1 ? 8 : NB == 2 ? 6 : NB == 3 ? 3 : 2);
 };
 
 template <int NB, class A>

@@ -2,8 +2,8 @@
 // parts): the thread team, the vector types of a storage type, row conversions.
 //
 // Like every part, it is compiled once per instruction set: the including .cpp defines
-// RNNK_CPU_ISA (the namespace of that build) and, for AVX2, wraps the include in a target
-// pragma (see scan_avx2.cpp). Everything sits in an anonymous namespace inside it, so the two
+// RNNK_CPU_ISA (the namespace of that build) and, above the baseline, wraps the include in a
+// target pragma (see isa_build.h). Everything sits in an anonymous namespace inside it, so the two
 // builds never share an out-of-line copy of a function.
 #pragma once
 
@@ -79,7 +79,7 @@ RNNK_INLINE void for_vectors(int64_t j0, int64_t j1, const F& f) {
 }
 
 // Per-thread lists of a fused kernel (int64 each), freed on leaving the kernel. Not std::vector:
-// no library template may be instantiated in the AVX2 build (see scan_avx2.cpp).
+// no library template may be instantiated in a targeted build (see isa_build.h).
 struct ThreadLists {
   int64_t* data;
   explicit ThreadLists(int64_t n) : data(new (std::nothrow) int64_t[n]) {}

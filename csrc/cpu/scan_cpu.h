@@ -34,9 +34,12 @@ bool fused_supported(const ScanArgs& a);
 // otherwise. The thresholds are measured crossovers, see scan_dispatch.cpp.
 Path choose_path(const ScanArgs& a, bool backward);
 
-// The instruction set the kernels run with: "avx2" or "generic". set_isa("auto" | "avx2" |
-// "generic") overrides the run-time detection (false if that build is not available); the
-// environment variable RNNKERNELS_CPU_ISA sets the initial choice.
+// The instruction set the kernels run with: "avx512", "avx2" or "generic" (isa_level() as an
+// enum, for the dispatchers of isa_dispatch.h). set_isa("auto" | "avx512" | "avx2" | "generic")
+// overrides the run-time detection (false if that build is not available or the CPU lacks it);
+// the environment variable RNNKERNELS_CPU_ISA sets the initial choice the same way.
+enum class Isa : int32_t { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+Isa isa_level();
 const char* isa();
 bool set_isa(const char* name);
 

@@ -1,96 +1,87 @@
-// Run-time choice between the AVX2 and the generic build of the CPU scans, and of the path.
+// Run-time choice between the AVX-512, AVX2 and generic builds of the CPU scans, and of the path.
 #include <cstdlib>
 #include <cstring>
 
-#include "scan_cpu.h"
+#include "isa_dispatch.h"
 
 namespace rnnk {
 namespace cpu {
 
-#define RNNK_DECLARE_ISA(ns)                                                                  \
-  namespace ns {                                                                              \
-  Status forward_gemm(const ScanArgs& a, const ForwardScratch& w, const GemmCallback& gemm);  \
-  Status backward_gemm(const ScanArgs& a, const BackwardScratch& w, const GemmCallback& gemm); \
-  Status forward_fused(const ScanArgs& a, const ForwardScratch& w, int nthreads);             \
-  Status backward_fused(const ScanArgs& a, const BackwardScratch& w, int nthreads);           \
-  int fused_threads(const ScanArgs& a, int max_threads);                                      \
-  int64_t fused_pack_elems(const ScanArgs& a);                                                \
-  }
-
-RNNK_DECLARE_ISA(generic)
-#if defined(__x86_64__) || defined(__i386__)
-#define RNNK_HAVE_AVX2_BUILD 1
-RNNK_DECLARE_ISA(avx2)
-#else
-#define RNNK_HAVE_AVX2_BUILD 0
-#endif
+RNNK_DECLARE_IN_EACH_ISA(
+    Status forward_gemm(const ScanArgs& a, const ForwardScratch& w, const GemmCallback& gemm);
+    Status backward_gemm(const ScanArgs& a, const BackwardScratch& w, const GemmCallback& gemm);
+    Status forward_fused(const ScanArgs& a, const ForwardScratch& w, int nthreads);
+    Status backward_fused(const ScanArgs& a, const BackwardScratch& w, int nthreads);
+    int fused_threads(const ScanArgs& a, int max_threads);
+    int64_t fused_pack_elems(const ScanArgs& a);)
 
 namespace {
 
-bool cpu_has_avx2() {
-#if RNNK_HAVE_AVX2_BUILD
+constexpr const char* kIsaNames[] = {"generic", "avx2", "avx512"};
+
+// The best build this CPU (and its OS: __builtin_cpu_supports checks that the OS saves the
+// vector state) can run.
+Isa detected() {
+#if RNNK_X86_BUILDS
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
+  return Isa::kGeneric;
 }
 
-bool initial_choice() {
+// The build a name asks for ("auto": the detected one), or false if this CPU cannot run it.
+bool parse(const char* name, Isa* out) {
+  if (std::strcmp(name, "auto") == 0) {
+    *out = detected();
+    return true;
+  }
+  for (int i = 0; i < 3; ++i)
+    if (std::strcmp(name, kIsaNames[i]) == 0) {
+      if (int(detected()) < i) return false;
+      *out = Isa(i);
+      return true;
+    }
+  return false;
+}
+
+Isa initial_choice() {
+  Isa choice = detected();
   const char* env = std::getenv("RNNKERNELS_CPU_ISA");
-  if (env && std::strcmp(env, "generic") == 0) return false;
-  return cpu_has_avx2();
+  if (env && !parse(env, &choice)) choice = detected();  // a build this CPU lacks: the best one
+  return choice;
 }
 
-bool& use_avx2() {
-  static bool v = initial_choice();
+Isa& current() {
+  static Isa v = initial_choice();
   return v;
 }
 
 }  // namespace
 
-const char* isa() { return use_avx2() ? "avx2" : "generic"; }
-
-bool set_isa(const char* name) {
-  if (std::strcmp(name, "generic") == 0) {
-    use_avx2() = false;
-    return true;
-  }
-  if (std::strcmp(name, "avx2") == 0) {
-    if (!cpu_has_avx2()) return false;
-    use_avx2() = true;
-    return true;
-  }
-  if (std::strcmp(name, "auto") == 0) {
-    use_avx2() = cpu_has_avx2();
-    return true;
-  }
-  return false;
-}
-
-#if RNNK_HAVE_AVX2_BUILD
-#define RNNK_CALL(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : generic::fn(__VA_ARGS__))
-#else
-#define RNNK_CALL(fn, ...) generic::fn(__VA_ARGS__)
-#endif
+Isa isa_level() { return current(); }
+const char* isa() { return kIsaNames[int(current())]; }
+bool set_isa(const char* name) { return parse(name, &current()); }
 
 Status forward_gemm(const ScanArgs& a, const ForwardScratch& w, const GemmCallback& gemm) {
-  return RNNK_CALL(forward_gemm, a, w, gemm);
+  return RNNK_ISA_CALL(forward_gemm, a, w, gemm);
 }
 Status backward_gemm(const ScanArgs& a, const BackwardScratch& w, const GemmCallback& gemm) {
-  return RNNK_CALL(backward_gemm, a, w, gemm);
+  return RNNK_ISA_CALL(backward_gemm, a, w, gemm);
 }
 Status forward_fused(const ScanArgs& a, const ForwardScratch& w, int nthreads) {
-  return RNNK_CALL(forward_fused, a, w, nthreads);
+  return RNNK_ISA_CALL(forward_fused, a, w, nthreads);
 }
 Status backward_fused(const ScanArgs& a, const BackwardScratch& w, int nthreads) {
-  return RNNK_CALL(backward_fused, a, w, nthreads);
+  return RNNK_ISA_CALL(backward_fused, a, w, nthreads);
 }
 int fused_threads(const ScanArgs& a, int max_threads) {
-  return RNNK_CALL(fused_threads, a, max_threads);
+  return RNNK_ISA_CALL(fused_threads, a, max_threads);
 }
 
-int64_t fused_pack_elems(const ScanArgs& a) { return RNNK_CALL(fused_pack_elems, a); }
+int64_t fused_pack_elems(const ScanArgs& a) { return RNNK_ISA_CALL(fused_pack_elems, a); }
 
 bool fused_supported(const ScanArgs& a) { return a.w_hr == nullptr && a.P == a.H; }
 

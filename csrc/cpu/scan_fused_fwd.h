@@ -50,7 +50,7 @@ Status forward_fused_impl(const ScanArgs& a, const ForwardScratch& w, int nthrea
     const int64_t j0 = std::min(H, p0 * PN::U), j1 = std::min(H, p1 * PN::U);
     int64_t* act_b = lists.data + 2 * B * tid;
     int64_t* act_t = act_b + B;
-    alignas(32) A pre[PN::MR * PN::NV * L];
+    alignas(64) A pre[PN::MR * PN::NV * L];
     // First touch: each thread packs (and so caches) the panels it multiplies with every step.
     pack_panels<C, A>(W, H, H, p0, p1, Wp);
     convert_units<C>(B, H, j0, j1, hbuf + B * H, h0, cbuf, c0);

@@ -1,6 +1,6 @@
-// csrc/cpu/scan_impl.h — the CPU scans. Included by scan_generic.cpp and scan_avx2.cpp, each
-// defining RNNK_CPU_ISA (the namespace of that instruction-set build) first; scan_dispatch.cpp
-// picks one at run time. Do not include it (or its parts) anywhere else.
+// csrc/cpu/scan_impl.h — the CPU scans. Included by isa_build.h, once per instruction-set build
+// (scan_generic.cpp, scan_avx2.cpp, scan_avx512.cpp, each defining RNNK_CPU_ISA, the namespace of
+// that build, first); scan_dispatch.cpp picks one at run time. Do not include it (or its parts) anywhere else.
 //
 // Two ways to run a scan (docs/BACKENDS.md has the contract, cell_math.h the formulas, cell_io.h
 // what each cell reads and writes):

@@ -1,19 +1,33 @@
 // csrc/cpu/simd.h — portable SIMD for the CPU kernels: GCC/Clang vector extensions, vectorised
 // activations, and loads/stores that convert the storage dtype to the accumulation dtype.
 //
-// The kernels are written once against `Vec<A>::type` (8 floats or 4 doubles, 32 bytes). The
-// compiler lowers the vector operations to AVX2/FMA in the translation unit compiled for AVX2 and
-// to SSE2 pairs in the generic one (csrc/cpu/scan_avx2.cpp, scan_generic.cpp), so there is one
-// source and no intrinsics. Everything here is `RNNK_INLINE` (always inlined) for the reason
-// given in cell_math.h.
+// The kernels are written once against `Vec<A>::type`, a vector of RNNK_VEC_BYTES bytes (32 by
+// default: 8 floats or 4 doubles; 64 in the AVX-512 build: 16 floats or 8 doubles), and
+// `kVecRegs`, the vector registers the micro-kernels may plan their tiles for (16, or 32 with
+// AVX-512). The compiler lowers the vector operations to the instruction set of the translation
+// unit that includes this (csrc/cpu/scan_avx512.cpp, scan_avx2.cpp, scan_generic.cpp: SSE2 pairs
+// there), so there is one source and no intrinsics. The vector part lives in that build's
+// namespace (RNNK_CPU_ISA), anonymous inside it, since its types differ between builds.
+// Everything here is `RNNK_INLINE` (always inlined) for the reason given in cell_math.h.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "rnnkernels/cell_math.h"
+
+#ifndef RNNK_CPU_ISA
+#error "define RNNK_CPU_ISA (the namespace of the instruction-set build) before including simd.h"
+#endif
+#ifndef RNNK_VEC_BYTES
+#define RNNK_VEC_BYTES 32
+#endif
+#ifndef RNNK_VEC_REGS
+#define RNNK_VEC_REGS 16
+#endif
 
 namespace rnnk {
 namespace cpu {
@@ -93,19 +107,24 @@ RNNK_INLINE S store_cast(acc_of<S> v) {
 }
 
 // ---------------------------------------------------------------------------- vector types
-// A vector of the accumulation type A (float or double): 32 bytes, L lanes.
+namespace RNNK_CPU_ISA {
+namespace {
+
+// Vector registers of this build (16 ymm for AVX2, 32 zmm for AVX-512): the micro-kernels size
+// their register tiles by it (micro_kernels.h).
+constexpr int kVecRegs = RNNK_VEC_REGS;
+
+// A vector of the accumulation type A (float or double): RNNK_VEC_BYTES bytes, L lanes.
 template <class A>
 struct Vec {
   static_assert(std::is_same_v<A, float> || std::is_same_v<A, double>, "float or double");
-  typedef A type __attribute__((vector_size(32)));
+  typedef A type __attribute__((vector_size(RNNK_VEC_BYTES)));
   // The same, unaligned and aliasing-safe: the form GCC keeps in registers and folds into FMA
   // memory operands (a memcpy into an array of vectors is not).
-  typedef A unaligned __attribute__((vector_size(32), aligned(sizeof(A)), may_alias));
-  static constexpr int L = 32 / int(sizeof(A));
+  typedef A unaligned __attribute__((vector_size(RNNK_VEC_BYTES), aligned(sizeof(A)), may_alias));
+  static constexpr int L = RNNK_VEC_BYTES / int(sizeof(A));
 };
-using v8f = Vec<float>::type;
-using v4d = Vec<double>::type;
-typedef int32_t v8i __attribute__((vector_size(32)));
+typedef int32_t vint32 __attribute__((vector_size(RNNK_VEC_BYTES)));  // lanes of Vec<float>
 
 // Loads and stores. vload(p) / vstore(p, v): a full vector of p's own type (the accumulation
 // type). vload(p, n) / vstore(p, v, n): the first n ≤ L lanes, converted from / rounded to the
@@ -124,13 +143,15 @@ RNNK_INLINE V vzero() {
   return V{};
 }
 
-// Broadcast. (Not `V{} + a`: without -ffast-math 0 + a cannot be folded, it would cost an add.)
+// Broadcast: every lane listed in the initialiser. (Not `V{} + a`: without -ffast-math 0 + a
+// cannot be folded, it would cost an add.)
+template <class V, class A, std::size_t... I>
+RNNK_INLINE V splat_lanes(A a, std::index_sequence<I...>) {
+  return V{((void)I, a)...};
+}
 template <class A>
 RNNK_INLINE typename Vec<A>::type vsplat(A a) {
-  if constexpr (Vec<A>::L == 8)
-    return typename Vec<A>::type{a, a, a, a, a, a, a, a};
-  else
-    return typename Vec<A>::type{a, a, a, a};
+  return splat_lanes<typename Vec<A>::type>(a, std::make_index_sequence<Vec<A>::L>{});
 }
 
 template <class S>
@@ -178,7 +199,7 @@ RNNK_INLINE void vstore(S* p, typename Vec<acc_of<S>>::type v, int n) {
 // without (the generic build), i.e. at most ~6 ulp, against libm over [-20, 20]
 // (csrc/tests/test_cpu_math.cpp); exp and sigmoid: < 3e-7.
 struct VecMathF {
-  using V = v8f;
+  using V = Vec<float>::type;
 
   static RNNK_INLINE V exp(V in) {
     // Clamp so that n ∈ [-126, 127]: no overflow in the exponent bits, no denormal scale factor.
@@ -199,7 +220,7 @@ struct VecMathF {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    const v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;
+    const vint32 e = (__builtin_convertvector(n, vint32) + 127) << 23;
     V scale;
     std::memcpy(&scale, &e, sizeof(V));
     const V y = p * scale;
@@ -239,15 +260,15 @@ struct VecMathF {
 
 // double: lane-wise libm (fp64 is the accuracy path on the CPU, not the fast one).
 struct VecMathD {
-  using V = v4d;
+  using V = Vec<double>::type;
   static RNNK_INLINE V sigmoid(V x) {
     V r;
-    for (int l = 0; l < 4; ++l) r[l] = 1.0 / (1.0 + std::exp(-x[l]));
+    for (int l = 0; l < Vec<double>::L; ++l) r[l] = 1.0 / (1.0 + std::exp(-x[l]));
     return r;
   }
   static RNNK_INLINE V tanh(V x) {
     V r;
-    for (int l = 0; l < 4; ++l) r[l] = std::tanh(x[l]);
+    for (int l = 0; l < Vec<double>::L; ++l) r[l] = std::tanh(x[l]);
     return r;
   }
   static RNNK_INLINE V relu(V x) { return x < 0.0 ? vzero<V>() : x; }       // as VecMathF
@@ -275,5 +296,7 @@ struct VecIO {
   RNNK_INLINE T zero() const { return vzero<T>(); }
 };
 
+}  // namespace
+}  // namespace RNNK_CPU_ISA
 }  // namespace cpu
 }  // namespace rnnk

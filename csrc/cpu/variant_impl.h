@@ -1,6 +1,6 @@
 // csrc/cpu/variant_impl.h — the CPU scans of the recurrent variants (entry points and contract:
-// variant_scan.h). Included by the scans' instruction-set builds (scan_generic.cpp,
-// scan_avx2.cpp) after scan_impl.h, under the same RNNK_CPU_ISA; do not include it anywhere else.
+// variant_scan.h). Included by the scans' instruction-set builds (isa_build.h) after
+// scan_impl.h, under the same RNNK_CPU_ISA; do not include it anywhere else.
 //
 // Design: the plain fused path (scan_fused_fwd.h / scan_fused_bwd.h) with two changes, on the
 // same micro kernels (micro_kernels.h) and the same cell_math.h formulas:
@@ -90,7 +90,7 @@ Status forward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads)
     const int64_t j0 = hp.unit(p0), j1 = hp.unit(p1);
     int64_t* act_b = lists.data + 2 * B * tid;
     int64_t* act_t = act_b + B;
-    alignas(32) A pre[PN::MR * PN::NV * L];
+    alignas(64) A pre[PN::MR * PN::NV * L];
     pack_head_panels<C, A>(W, H, hp, p0, p1, Wp);  // first touch: the panels stay in its cache
     convert_units<C>(B, H, j0, j1, hbuf + B * H, static_cast<const S*>(a.h0), cbuf,
                      static_cast<const S*>(a.c0));

@@ -1,7 +1,7 @@
 // csrc/cpu/variant_scan.h — entry points of the CPU scans of the recurrent variants (issue 16,
 // docs/VARIANTS.md): peephole LSTM, head-wise (block-diagonal) recurrence, zoneout; any
 // combination, every cell that takes them. Implementation: variant_impl.h (compiled per
-// instruction set inside the plain scans' builds, scan_avx2.cpp / scan_generic.cpp).
+// instruction set inside the plain scans' builds, isa_build.h).
 //
 // The contract is the plain scans' (docs/BACKENDS.md: time order, lengths, reverse, frozen
 // state, zeros beyond a length) with these additions to ScanArgs:

@@ -6,12 +6,13 @@
 #include <limits>
 #include <random>
 
+#define RNNK_CPU_ISA generic  // the generic build's 8-lane vectors (simd.h)
 #include "cpu/simd.h"
 
 namespace {
 
-using rnnk::cpu::v8f;
-using rnnk::cpu::VecMathF;
+using v8f = rnnk::cpu::generic::Vec<float>::type;
+using rnnk::cpu::generic::VecMathF;
 int failures = 0;
 
 template <class F, class G>

@@ -5,7 +5,7 @@
 // * backward against central finite differences of that naive forward, along random directions
 //   (double precision, so the differences are accurate to ~1e-9);
 // * both paths (GEMM with a naive GEMM callback, fused with a forced 2-thread team) and both
-//   instruction-set builds (generic, AVX2 when the CPU has it), in float64 and float32.
+//   instruction-set builds (generic; AVX2, AVX-512 when the CPU has them), in float64 and float32.
 // Outputs are pre-filled with NaN so an element a kernel forgets to write fails the comparison.
 #include <cmath>
 #include <cstdio>
@@ -327,8 +327,8 @@ void test_case(const Case& k) {
   const std::vector<double>* dirs[3] = {&vx, &vh, &vc};
 
   const bool can_fuse = P == H;
-  for (const char* isa : {"generic", "avx2"}) {
-    if (!rnnk::cpu::set_isa(isa)) continue;  // no AVX2 on this CPU
+  for (const char* isa : {"generic", "avx2", "avx512"}) {
+    if (!rnnk::cpu::set_isa(isa)) continue;  // a build this CPU cannot run
     for (int fused = 0; fused < (can_fuse ? 2 : 1); ++fused) {
       char tag[64];
       std::snprintf(tag, sizeof tag, "%s/%s/f64", isa, fused ? "fused" : "gemm");

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/scan_cpu.h"
+#define RNNK_CPU_ISA generic  // simd.h needs a build namespace; only its dtype conversions are used
 #include "cpu/simd.h"
 #include "rnnkernels/step_path.h"
 

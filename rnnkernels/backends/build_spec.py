@@ -90,7 +90,7 @@ def source_hash(root: str, with_cuda: bool) -> str:
 def isa_levels() -> list[str]:
     """The CPU instruction sets compiled in (csrc/cpu/scan_dispatch.cpp picks one at run time)."""
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return ["generic", "avx2"] if x86 else ["generic"]
+    return ["generic", "avx2", "avx512"] if x86 else ["generic"]
 
 
 def default_jobs() -> int:

@@ -20,7 +20,7 @@ says so once) while ``backend="cpu"`` raises it.
 
 Process-wide switches (mostly for tests and benchmarks), see ``set_option``:
 ``cpu_path`` = auto | gemm | fused, ``cuda_path`` = auto | step | persistent,
-``cpu_isa`` = auto | avx2 | generic.
+``cpu_isa`` = auto | avx512 | avx2 | generic.
 """
 from __future__ import annotations
 

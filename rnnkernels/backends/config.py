@@ -76,7 +76,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("triton_interpret", "TRITON_INTERPRET", "0", (),
             "Triton's own switch, 1 = run Triton kernels in its CPU interpreter (read once, at "
             "the first import of triton; tests only)"),
-    Setting("cpu_isa", "RNNKERNELS_CPU_ISA", "auto", ("auto", "avx2", "generic"),
+    Setting("cpu_isa", "RNNKERNELS_CPU_ISA", "auto", ("auto", "avx512", "avx2", "generic"),
             "the CPU kernels' instruction set (read by the compiled extension at load; "
             "compiled.option('cpu_isa', ...) changes it later)"),
     Setting("no_jit", "RNNKERNELS_NO_JIT", "0", ("0", "1", "false", "true"),
@@ -97,7 +97,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
 EXTENSION_OPTIONS: dict[str, str] = {
     "cpu_path": "auto, gemm, fused: the CPU scan's path (GEMM per step, or the fused kernels)",
     "cuda_path": "auto, step, persistent: the CUDA scan's kernel",
-    "cpu_isa": "auto, avx2, generic: the CPU kernels' instruction set",
+    "cpu_isa": "auto, avx512, avx2, generic: the CPU kernels' instruction set",
     "cpu_pool_mb": "integer >= 0: MiB of large CPU outputs kept for reuse (default 512)",
     "poison": "0, 1: fill every buffer the extension allocates with NaN (tests)",
 }
