@@ -27,6 +27,7 @@ from . import harness as H
 from . import measure as M
 from . import provenance as P
 from . import table
+from .plan import auto_route
 from .progress import Progress
 
 DEFAULT_OUT = H.REPO / "bench" / "results"
@@ -166,6 +167,8 @@ def measure(case: H.Case, provider: str, mode: str, budget: M.TimingBudget) -> d
         rec["peak_mem_bytes"], rec["mem_kind"] = mem, kind
         if provider == "torch":
             rec["impl"] = H.torch_impl(module, case.inputs)
+        elif provider == "auto":
+            rec["impl"] = auto_route(case.cfg, case.cell, mode, case.dtype)
         rec["status"] = "ok"
     except Exception as exc:  # a provider that cannot run a case is reported, not fatal
         rec["status"] = "failed"
@@ -181,6 +184,10 @@ def _providers_for(cfg, device, dtype, explicit: list[str] | None) -> list[str]:
     if explicit:
         return explicit
     avail = H.available_providers(device, dtype, timing=True)
+    # On the CPU also what a user gets by default: ``auto``, which follows the measured plan
+    # (our kernels, or torch's RNN where the plan says it is faster), after the cpu backend.
+    if device.type == "cpu" and "cpu" in avail:
+        avail.insert(avail.index("cpu") + 1, "auto")
     # The reference is a plain Python loop: timed only on small CPU configs marked for it.
     return [p for p in avail if p != "reference" or (cfg.reference and device.type == "cpu")]
 

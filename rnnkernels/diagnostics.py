@@ -280,6 +280,31 @@ def self_check(table: dict, full: bool = False) -> dict:
             "passed": all(c["status"] == "PASS" for c in cases)}
 
 
+def plan_info() -> dict:
+    """The routing plan of ``auto`` on the CPU in force here (``backends/plan.py``'s
+    ``describe``): its file, the table key of this machine and whether the file has that table,
+    the number of measured points, the threshold and the ``RNNKERNELS_PLAN`` setting."""
+    from .backends import plan  # noqa: PLC0415
+    try:
+        return plan.describe("cpu")
+    except Exception as exc:  # noqa: BLE001 - e.g. an invalid RNNKERNELS_PLAN value
+        return {"error": _error(exc)}
+
+
+def _plan_line(info: dict) -> str:
+    if info.get("error"):
+        return f"plan        cpu: {info.get('file', '?')}: {info['error']}"
+    where = f"plan        cpu: {info['file']}"
+    if info["setting"] == "off":
+        return f"{where}; RNNKERNELS_PLAN=off: auto never hands calls to torch for speed"
+    if not info["in_force"]:
+        return (f"{where}; none for this machine (table key {info['key']}; the file has "
+                f"{', '.join(info['tables']) or 'no tables'}): auto runs our kernels")
+    date = (info["measured"] or {}).get("date", "?")
+    return (f"{where}; table {info['key']!r} ({info['points']} points, measured {date}): torch's "
+            f"RNN where its ratio < {info['threshold']}")
+
+
 # ------------------------------------------------------------------------------------ report
 def report(check: bool = True, full: bool = False) -> dict:
     """The whole diagnostic report as one JSON-serializable dict (``--json`` prints it)."""
@@ -294,6 +319,7 @@ def report(check: bool = True, full: bool = False) -> dict:
         "torch": _torch(), "triton": _triton(),
         "machine": {"cpu": _cpu(), "gpus": _gpus()},
         "extension": extension_info(), "backends": table, "settings": settings(),
+        "plan": plan_info(),
         "self_check": self_check(table, full) if check else None,
     }
     rep["ok"] = rep["self_check"] is None or rep["self_check"]["passed"]
@@ -338,6 +364,8 @@ def format_report(rep: dict) -> str:
                                                          ext["options"].items()))
     else:
         lines.append(f"extension   NOT available: {ext['error']}")
+    if "plan" in rep:
+        lines.append(_plan_line(rep["plan"]))
     lines.append("\nbackends (float32; [dtypes that can run])")
     for dev, entry in rep["backends"].items():
         lines.append(f"  {dev}: " + (f"auto -> {entry['auto']}" if entry["present"] else

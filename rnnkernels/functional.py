@@ -37,6 +37,7 @@ from torch import Tensor
 
 from . import backends, ops
 from . import dropout as D
+from .backends import plan
 from .cells import CELLS, CellSpec
 from .projection import input_projection
 from .routes import cell_route, fused_step, fused_step_usable, torch_fn, torch_stack
@@ -227,13 +228,36 @@ def _autocast_output_dtypes(cell: CellSpec, cast: torch.dtype, state_dtypes: lis
     return output, finals
 
 
+def _plan_says_torch(cell: CellSpec, backend: str, input: Tensor, hx: list[Tensor],
+                     params: list[Tensor], batch_first: bool, batch_sizes: Tensor | None) -> bool:
+    """Under ``auto`` (the kwarg; ``torch_route`` then applies ``RNNKERNELS_BACKEND``): whether
+    the measured plan (``backends/plan.py``) says torch's own RNN runs this call faster than our
+    kernels. Mode: "fwdbwd" when the call will be differentiated (grad mode on and a tensor
+    requires grad); dtype: the one the call runs in (autocast's); B, H from the last state
+    (c for the LSTM, so H is the hidden size even with a projection). A named backend never asks:
+    users and the benchmark ask for our kernels by name."""
+    if backend != "auto" or torch.compiler.is_compiling():
+        return False
+    if batch_sizes is None and input.shape[1 if batch_first and input.dim() == 3 else 0] == 1:
+        return False   # one step: the fused step runs it (routes.py; bench/decode.py measures it)
+    device_type = "cpu" if input.is_cpu else input.device.type   # is_cpu: 0.1 µs, .type 0.8
+    dtype = input.dtype
+    if torch.is_autocast_enabled(device_type):
+        dtype = _autocast_dtype(input)[0] or dtype
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (input, *hx, *params))
+    *_, B, H = hx[-1].shape
+    return plan.torch_is_faster(device_type, cell.name.upper(), training, dtype, B, H)
+
+
 # --------------------------------------------------------------------------------- the stack
 def _stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: list[Tensor],
            has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
            batch_first: bool, batch_sizes: Tensor | None, backend: str, relu: bool = False):
     """A whole multi-layer call; returns (output, *final states) in the caller's layout."""
     params = list(params)
-    if backends.torch_route(backend, _unsupported_autograd_mode([input, *hx, *params])):
+    if backends.torch_route(backend, _unsupported_autograd_mode([input, *hx, *params]),
+                            torch_is_faster=_plan_says_torch(cell, backend, input, hx, params,
+                                                             batch_first, batch_sizes)):
         return torch_stack(cell, input, hx, params, has_biases, num_layers, dropout, train,
                             bidirectional, batch_first, batch_sizes, relu)
     dirs = 2 if bidirectional else 1

@@ -259,6 +259,7 @@ def test_sdist_and_wheel_contents(world):
     assert {"LICENSE", "CHANGELOG.md", "setup.py", "pyproject.toml"} <= in_sdist
     assert {f"rnnkernels/_sources/{p}" for p in need} <= in_wheel
     assert "rnnkernels/py.typed" in in_wheel
+    assert "rnnkernels/plans/cpu.json" in in_wheel     # the measured plan of `auto` (package data)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in in_wheel), in_wheel
     for names in (in_sdist, in_wheel):
         assert not [n for n in names if n.endswith((".so", ".o", "_build_info.json"))]

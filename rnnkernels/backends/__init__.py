@@ -132,7 +132,9 @@ def torch_route(backend: str, unsupported_mode: str | None, torch_is_faster: boo
     measured plan says torch's kernel is faster (``torch_is_faster``: ``auto`` is never slower
     than torch.nn), or when the call runs in an autograd mode the scans cannot differentiate
     (``unsupported_mode`` says which; said once). A named scan backend in such a mode raises
-    ``RuntimeError``."""
+    ``RuntimeError``. ``torch_is_faster`` is ``backends/plan.py``'s answer for a layer call
+    (a cell's own rule for cells) and counts only when the backend requested stays ``auto``
+    after ``RNNKERNELS_BACKEND``: a named backend never routes for speed."""
     backend = requested(backend)
     if backend == TORCH:
         return True

@@ -91,6 +91,9 @@ def set_option(name: str, value: str) -> None:
     """Set a process-wide option of the extension (``cpu_path``, ``cuda_path``, ``cpu_isa``)."""
     _require()
     _ops().set_option(name, value)
+    if name == "cpu_isa":     # the measured plan's table is the running ISA's (backends/plan.py)
+        from . import plan
+        plan.forget()
 
 
 def get_option(name: str) -> str:

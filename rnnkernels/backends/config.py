@@ -68,6 +68,9 @@ TORCH_ROUTE = "torch"     # not a scan backend: functional hands the whole call 
 SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("backend", "RNNKERNELS_BACKEND", "auto", ("auto",) + BACKEND_NAMES + (TORCH_ROUTE,),
             "replaces a module's backend='auto' (never an explicit backend=...)"),
+    Setting("plan", "RNNKERNELS_PLAN", "on", ("on", "off"),
+            "on = backend='auto' hands a call to torch's own RNN where the measured plan "
+            "(rnnkernels/plans/) says torch's kernel is faster; off = never for speed"),
     Setting("triton_strategy", "RNNKERNELS_TRITON_STRATEGY", "auto",
             ("auto", "step", "persistent", "persistent-grid"),
             "the Triton launch strategy (the context manager backends.triton.strategy wins)"),

@@ -43,11 +43,13 @@ def stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: li
     recurrent variant never torch's own RNN nor a one-step kernel (neither has one): the backend
     comes from ``variants.resolve`` and every scan gets ``call``'s part of the variants. A call
     whose only variants are the locked dropouts (``dropout.py``: they act between the scans)
-    keeps the plain routes: torch's own RNN where the plain stack takes it
-    (``dropout.torch_layers``), else the plain scans (and the fused step at T = 1)."""
+    keeps the plain routes: torch's own RNN where the plain stack takes it (autograd modes,
+    and the measured plan under ``auto``: ``dropout.torch_layers``), else the plain scans (and
+    the fused step at T = 1)."""
     plain = not call.spec.recurrent()
     if plain and backends.torch_route(backend, routes.unsupported_autograd_mode(
-            [input, *hx, *params])):
+            [input, *hx, *params]), RF._plan_says_torch(cell, backend, input, hx, params,
+                                                        batch_first, batch_sizes)):
         return D.torch_layers(cell, input, hx, list(params), has_biases, num_layers, dropout,
                               train, bidirectional, batch_first, batch_sizes, relu, call.spec)
     RF._check_consistent(name, input, [], call.parameters())

@@ -1,0 +1,210 @@
+"""The measured routing plan of ``backend="auto"``: where torch's own RNN beats our kernels.
+
+Issue 12's promise is that swapping in rnnkernels is never slower than torch.nn. Whether our
+scans or torch's native RNN (oneDNN/ATen on the CPU) is faster depends on the machine's ISA
+class, the cell, inference vs training, the dtype, the batch and the hidden size, so ``auto``
+does not guess: it reads a plan that ``python -m bench.plan`` measured, committed as data in
+``rnnkernels/plans/<device>.json`` (package data). Schema 1::
+
+    {"schema": 1, "device": "cpu", "threshold": 1.0,
+     "tables": {"<isa>": {"measured": {"date", "cpu_model", "torch", "threads", "git_sha", ...},
+                          "points": [{"cell": "LSTM", "mode": "fwd", "dtype": "float32",
+                                      "B": 64, "H": 256, "T": 100, "ratio": 0.69}, ...]}}}
+
+``ratio`` = torch.nn's time ÷ ours (above 1: ours is faster), measured with ``backend="cpu"``
+(our kernels, never ``auto``) against torch.nn on the same weights. One table per ISA the
+compiled CPU kernels run (``compiled.get_option("cpu_isa")``: "avx512", "avx2", "generic"),
+since that decides how fast our side is.
+
+The rule (``torch_is_faster``): in the table of the running ISA, among the points of the call's
+cell, mode ("fwd": no gradient will be taken; "fwdbwd": it will) and dtype, take the nearest in
+(log2 B, log2 H); torch's RNN runs the call when that point's ratio is below the file's
+``threshold``. Equidistant points: the lowest ratio decides (the promise is about never being
+slower). A dtype the plan did not measure never routes: bf16/fp16 kernels on the CPU are
+different code on both sides, so float32's numbers say nothing about them. No file, no table for
+the running ISA (or a device without a plan: today every device but the CPU), or the setting
+``RNNKERNELS_PLAN=off``: never routes, and ``auto`` runs our kernels as before. The Elman RNN's
+points (measured with tanh) also stand for relu.
+
+Answers are memoised per (device, cell, mode, dtype, B, H): the lookup runs on every layer call
+(~0.5 µs on a hit). The file and the machine's table key are read once (reading the ISA from the
+extension costs ~2 µs); ``forget()`` drops all of it, e.g. after ``compiled.set_option("cpu_isa",
+...)``. While torch.compile or torch.export traces, the plan is not consulted (always False):
+the graph keeps our scan, one opaque custom op, where torch's RNN would be decomposed into a
+step-by-step graph, and sizes may be symbolic there.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from . import config
+
+SCHEMA = 1
+DEFAULT_THRESHOLD = 1.0
+PLANS_DIR = Path(__file__).resolve().parent.parent / "plans"
+MODES = ("fwd", "fwdbwd")
+
+_override: Path | dict | None = None   # set_plan(): a file or a parsed plan, for tests
+_files: dict[str, dict | None] = {}    # device type -> the parsed plan file (None: no file)
+_keys: dict[str, str | None] = {}      # device type -> the table key of this machine
+_memo: dict[tuple, bool] = {}
+_MEMO_LIMIT = 4096                     # distinct shapes kept; then the memo starts over
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name the plan file uses for a dtype ("float32")."""
+    return str(dtype).replace("torch.", "")
+
+
+def set_plan(plan: str | Path | dict | None) -> None:
+    """Use ``plan`` (a file, or an already parsed plan) instead of the package's files, for
+    every device; None goes back to ``rnnkernels/plans/``. Tests and the generator use it."""
+    global _override
+    _override = Path(plan) if isinstance(plan, str) else plan
+    forget()
+
+
+def forget() -> None:
+    """Drop everything cached: the files, the machine's table keys (re-read the next time, e.g.
+    after ``compiled.set_option("cpu_isa", ...)``) and the memoised answers."""
+    _files.clear()
+    _keys.clear()
+    _memo.clear()
+
+
+def path(device_type: str) -> Path:
+    """The plan file of a device type (the override when a file was set)."""
+    if isinstance(_override, Path):
+        return _override
+    return PLANS_DIR / f"{device_type}.json"
+
+
+def load(device_type: str) -> dict | None:
+    """The parsed plan for ``device_type`` (cached), or None when there is none. A file that is
+    not a plan of this schema raises ``ValueError``: a broken committed plan must not pass
+    silently as "never route"."""
+    if device_type in _files:
+        return _files[device_type]
+    if isinstance(_override, dict):
+        plan = _override
+    else:
+        file = path(device_type)
+        plan = json.loads(file.read_text()) if file.is_file() else None
+    if plan is not None:
+        validate(plan, str(path(device_type)))
+    _files[device_type] = plan
+    return plan
+
+
+def validate(plan: dict, where: str = "plan") -> None:
+    """``ValueError`` unless ``plan`` is a plan of schema 1 (the module docstring)."""
+    if not isinstance(plan, dict) or plan.get("schema") != SCHEMA:
+        raise ValueError(f"{where}: not a rnnkernels plan of schema {SCHEMA}")
+    if not isinstance(plan.get("tables"), dict):
+        raise ValueError(f"{where}: 'tables' must map a table key to a table")
+    for key, table in plan["tables"].items():
+        for p in table.get("points", ()):
+            if not _well_formed(p):
+                raise ValueError(f"{where}: table {key!r} has a malformed point {p}")
+
+
+def _well_formed(p) -> bool:
+    """A point has a cell, a mode of MODES, a dtype, B and H ≥ 1 and a positive ratio."""
+    return (isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("cell", "dtype"))
+            and p.get("mode") in MODES
+            and all(isinstance(p.get(k), int) and p[k] >= 1 for k in ("B", "H"))
+            and isinstance(p.get("ratio"), (int, float)) and p["ratio"] > 0)
+
+
+def table_key(device_type: str) -> str | None:
+    """The key of this machine's table: on the CPU the ISA the compiled kernels run, None where
+    there is none (no extension, or a device without plans)."""
+    if device_type not in _keys:
+        key = None
+        if device_type == "cpu":
+            from . import compiled  # noqa: PLC0415 - loads the extension
+            key = compiled.get_option("cpu_isa") if compiled.AVAILABLE else None
+        _keys[device_type] = key
+    return _keys[device_type]
+
+
+def table(device_type: str) -> dict | None:
+    """This machine's table of the device's plan, or None."""
+    plan = load(device_type)
+    key = table_key(device_type) if plan is not None else None
+    return None if key is None else plan["tables"].get(key)
+
+
+def threshold(device_type: str) -> float:
+    plan = load(device_type)
+    return float((plan or {}).get("threshold", DEFAULT_THRESHOLD))
+
+
+def nearest(points: list[dict], cell: str, mode: str, dtype: str, B: int, H: int) -> dict | None:
+    """The point of (cell, mode, dtype) nearest to (B, H) in (log2 B, log2 H); equidistant
+    ones: the lowest ratio. None when that cell, mode and dtype were not measured."""
+    lb, lh = math.log2(max(B, 1)), math.log2(max(H, 1))
+    best, best_key = None, None
+    for p in points:
+        if p["cell"] != cell or p["mode"] != mode or p["dtype"] != dtype:
+            continue
+        key = (round(math.hypot(math.log2(p["B"]) - lb, math.log2(p["H"]) - lh), 9), p["ratio"])
+        if best_key is None or key < best_key:
+            best, best_key = p, key
+    return best
+
+
+def torch_is_faster(device_type: str, cell: str, training: bool, dtype: torch.dtype, B: int,
+                    H: int) -> bool:
+    """Whether the plan says torch's own RNN runs this call faster than our kernels (the module
+    docstring: the rule). ``cell``: "LSTM", "GRU" or "RNN"; ``training``: whether the call will
+    be differentiated (grad mode on and an input or parameter requires grad)."""
+    if torch.compiler.is_compiling():
+        return False
+    key = (device_type, cell, training, dtype, B, H)
+    answer = _memo.get(key)
+    if answer is None:
+        answer = _memo[key] = _lookup(device_type, cell, training, dtype, B, H)
+    # The setting last: most answers are False, and the switch takes effect at the next call.
+    return answer and config.get("plan") != "off"
+
+
+def _lookup(device_type: str, cell: str, training: bool, dtype: torch.dtype, B: int,
+            H: int) -> bool:
+    """``torch_is_faster`` without its memo and switch."""
+    answer = False
+    found = table(device_type)
+    if found is not None:
+        point = nearest(found.get("points", []), cell, "fwdbwd" if training else "fwd",
+                        dtype_name(dtype), B, H)
+        answer = point is not None and point["ratio"] < threshold(device_type)
+    if len(_memo) >= _MEMO_LIMIT:
+        _memo.clear()
+    return answer
+
+
+def describe(device_type: str = "cpu") -> dict:
+    """What the plan in force is, for ``python -m rnnkernels``: file, setting, table key,
+    whether this machine has a table (``in_force``), its points and how it was measured."""
+    file = "(a plan set in memory)" if isinstance(_override, dict) else str(path(device_type))
+    info = {"file": file, "setting": None, "key": None, "tables": [], "in_force": False,
+            "points": 0, "threshold": None, "measured": None, "error": None}
+    try:
+        info["setting"] = config.get("plan")
+        plan = load(device_type)
+        info["tables"] = sorted(plan["tables"]) if plan else []
+        info["threshold"] = threshold(device_type) if plan else None
+        info["key"] = table_key(device_type)
+        found = table(device_type)
+    except Exception as exc:  # noqa: BLE001 - diagnostics report, never crash
+        info["error"] = f"{type(exc).__name__}: {exc}"
+        return info
+    if found is not None:
+        info["in_force"] = True
+        info["points"] = len(found.get("points", []))
+        info["measured"] = found.get("measured")
+    return info
