@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One script for a CUDA machine: build, CUDA tests against cuDNN, then the full benchmark.
+# One script for a CUDA machine: build, CUDA tests against cuDNN, the full benchmark, then the
+# measured plan of backend='auto' on this GPU (where cuDNN beats our kernels).
 #
 #   bash bench/gpu.sh                 # from the repository root
 #
@@ -11,13 +12,20 @@
 #   tests-{triton,cuda}-junit.xml  pytest's per-test results of the Triton and CUDA tests
 #   cuda-validate-*.jsonl    validation table records (every module vs torch.nn, odd sizes)
 #   cuda-full-*.jsonl/.png   benchmark records (one JSON line per measurement) and speedup plot
+#   plan-cuda.json           rnnkernels/plans/cuda.json with this GPU's table measured, also
+#                            copied into the tree (on a lent machine, whose tree does not come
+#                            back, copy this file to rnnkernels/plans/cuda.json and commit it)
 # Knobs (environment):
 #   PYTHON=python  BENCH_DTYPES=float32 (e.g. float32,bfloat16)  BENCH_ARGS="" (extra runner args)
 #   SKIP_INSTALL=1  SKIP_TESTS=1  SKIP_BENCH=1  STRATEGY_SWEEP=1 (triton step vs persistent)
+#   (STRATEGY_SWEEP adds 2 files: with SKIP_PLAN=1 the folder stays at 8)
+#   SKIP_PLAN=1  PLAN_SECS=150 (seconds kept for the plan out of the benchmark's share; the plan
+#   gets all that is left)  PLAN_ARGS="" (extra python -m bench.plan arguments, e.g. a grid)
 #   DEADLINE=510 (seconds for the whole script; each stage gets a share of what is left;
 #   records written before a timeout are kept)  TEST_WORKERS=8 (pytest-xdist, when installed)
-# Exit status: 0 only if the build, the tests and the strict benchmark (every error within
-# tolerance, no provider failure) all passed; each stage runs even if an earlier one failed.
+# Exit status: 0 only if the build, the tests, the strict benchmark (every error within
+# tolerance, no provider failure) and the plan all passed; each stage runs even if an earlier
+# one failed.
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
@@ -116,8 +124,10 @@ if [ -z "${SKIP_TESTS:-}" ]; then
 fi
 
 # 4. Validation table (every module vs torch.nn/cuDNN at odd sizes) + the benchmark sweep.
+PLAN_SECS=${PLAN_SECS:-150}
+[ -z "${SKIP_PLAN:-}" ] || PLAN_SECS=0
 if [ -z "${SKIP_BENCH:-}" ]; then
-  secs=$(left 15)
+  secs=$(left $((15 + PLAN_SECS)))
   log "benchmark (${secs}s max): python -m bench.run --full --device cuda --strict --dtypes ${BENCH_DTYPES:-float32} ${BENCH_ARGS:-}"
   t0=$SECONDS
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments on purpose
@@ -128,7 +138,31 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   log "benchmark took $((SECONDS - t0))s"
 fi
 
-# 5. Optional (STRATEGY_SWEEP=1), in what time is left: the Triton provider with each strategy
+# 5. The measured plan of auto on this GPU: torch.nn (cuDNN) vs the backend auto resolves to,
+#    per cell, mode, dtype, B and H (python -m bench.plan --device cuda), merged into a copy of
+#    the tree's rnnkernels/plans/cuda.json (other GPUs' tables kept) in $DIR, then copied into
+#    the tree. --budget-s leaves ~45 s for Python, CUDA and Triton start-up and the write; what
+#    the budget cuts is dropped by whole (dtype, cell, mode) groups (float16 first to go).
+if [ -z "${SKIP_PLAN:-}" ]; then
+  secs=$(left 10)
+  if [ "$secs" -gt 75 ]; then
+    cp rnnkernels/plans/cuda.json "$DIR/plan-cuda.json" 2>/dev/null || true
+    log "plan (${secs}s max): python -m bench.plan --device cuda --budget-s $((secs - 45)) ${PLAN_ARGS:-}"
+    t0=$SECONDS
+    # shellcheck disable=SC2086  # PLAN_ARGS is a list of arguments on purpose
+    if run timeout -k 10 "$secs" "$PY" -m bench.plan --device cuda --budget-s "$((secs - 45))" \
+        --out "$DIR/plan-cuda.json" ${PLAN_ARGS:-}; then
+      cp "$DIR/plan-cuda.json" rnnkernels/plans/cuda.json && log "rnnkernels/plans/cuda.json updated"
+    else
+      log "PLAN FAILED or timed out (rnnkernels/plans/cuda.json unchanged)"; status=1
+    fi
+    log "plan took $((SECONDS - t0))s"
+  else
+    log "no time left for the plan (${secs}s)"; status=1
+  fi
+fi
+
+# 6. Optional (STRATEGY_SWEEP=1), in what time is left: the Triton provider with each strategy
 #    forced, on the latency-bound configs, to place the auto threshold.
 if [ -n "${STRATEGY_SWEEP:-}" ] && [ -z "${SKIP_BENCH:-}" ]; then
   for strat in step persistent; do

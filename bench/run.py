@@ -168,7 +168,7 @@ def measure(case: H.Case, provider: str, mode: str, budget: M.TimingBudget) -> d
         if provider == "torch":
             rec["impl"] = H.torch_impl(module, case.inputs)
         elif provider == "auto":
-            rec["impl"] = auto_route(case.cfg, case.cell, mode, case.dtype)
+            rec["impl"] = auto_route(case.cfg, case.cell, mode, case.dtype, case.device)
         rec["status"] = "ok"
     except Exception as exc:  # a provider that cannot run a case is reported, not fatal
         rec["status"] = "failed"
@@ -184,10 +184,13 @@ def _providers_for(cfg, device, dtype, explicit: list[str] | None) -> list[str]:
     if explicit:
         return explicit
     avail = H.available_providers(device, dtype, timing=True)
-    # On the CPU also what a user gets by default: ``auto``, which follows the measured plan
-    # (our kernels, or torch's RNN where the plan says it is faster), after the cpu backend.
-    if device.type == "cpu" and "cpu" in avail:
-        avail.insert(avail.index("cpu") + 1, "auto")
+    # Also what a user gets by default: ``auto``, which follows the measured plan (our kernels,
+    # or torch's RNN where the plan says it is faster), after our first backend. On a GPU only
+    # once the plan has its table: before that ``auto`` is that backend, measured already.
+    from rnnkernels.backends import plan as P  # noqa: PLC0415
+    ours = next((p for p in ("cpu", "triton", "cuda") if p in avail), None)
+    if ours is not None and (device.type == "cpu" or P.table(device.type, device.index)):
+        avail.insert(avail.index(ours) + 1, "auto")
     # The reference is a plain Python loop: timed only on small CPU configs marked for it.
     return [p for p in avail if p != "reference" or (cfg.reference and device.type == "cpu")]
 

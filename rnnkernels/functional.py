@@ -246,7 +246,8 @@ def _plan_says_torch(cell: CellSpec, backend: str, input: Tensor, hx: list[Tenso
         dtype = _autocast_dtype(input)[0] or dtype
     training = torch.is_grad_enabled() and any(t.requires_grad for t in (input, *hx, *params))
     *_, B, H = hx[-1].shape
-    return plan.torch_is_faster(device_type, cell.name.upper(), training, dtype, B, H)
+    device = "cpu" if input.is_cpu else input.device   # a GPU's own table (models may differ)
+    return plan.torch_is_faster(device, cell.name.upper(), training, dtype, B, H)
 
 
 # --------------------------------------------------------------------------------- the stack

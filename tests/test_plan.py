@@ -43,8 +43,8 @@ def _package_plan_afterwards(monkeypatch):
 @pytest.fixture
 def isa(monkeypatch):
     """A fixed table key ('avx512'), so the lookup tests do not depend on this machine."""
-    monkeypatch.setattr(P, "table_key", lambda device_type: "avx512" if device_type == "cpu"
-                        else None)
+    monkeypatch.setattr(P, "table_key", lambda device_type, index=None: "avx512"
+                        if device_type == "cpu" else None)
     return "avx512"
 
 

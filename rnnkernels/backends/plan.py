@@ -1,37 +1,49 @@
 """The measured routing plan of ``backend="auto"``: where torch's own RNN beats our kernels.
 
 Issue 12's promise is that swapping in rnnkernels is never slower than torch.nn. Whether our
-scans or torch's native RNN (oneDNN/ATen on the CPU) is faster depends on the machine's ISA
-class, the cell, inference vs training, the dtype, the batch and the hidden size, so ``auto``
+scans or torch's native RNN (oneDNN/ATen on the CPU, cuDNN on a GPU) is faster depends on the
+machine, the cell, inference vs training, the dtype, the batch and the hidden size, so ``auto``
 does not guess: it reads a plan that ``python -m bench.plan`` measured, committed as data in
-``rnnkernels/plans/<device>.json`` (package data). Schema 1::
+``rnnkernels/plans/<device type>.json`` (``cpu.json``, ``cuda.json``; package data). Schema 1::
 
     {"schema": 1, "device": "cpu", "threshold": 1.0,
-     "tables": {"<isa>": {"measured": {"date", "cpu_model", "torch", "threads", "git_sha", ...},
+     "tables": {"<key>": {"measured": {"date", "cpu_model", "torch", "threads", "git_sha", ...},
                           "points": [{"cell": "LSTM", "mode": "fwd", "dtype": "float32",
                                       "B": 64, "H": 256, "T": 100, "ratio": 0.69}, ...]}}}
 
-``ratio`` = torch.nn's time ÷ ours (above 1: ours is faster), measured with ``backend="cpu"``
-(our kernels, never ``auto``) against torch.nn on the same weights. One table per ISA the
-compiled CPU kernels run (``compiled.get_option("cpu_isa")``: "avx512", "avx2", "generic"),
-since that decides how fast our side is.
+``ratio`` = torch.nn's time ÷ ours (above 1: ours is faster), measured with our kernels named
+(``backend="cpu"``; on CUDA the backend ``auto`` resolves to, triton or cuda; never ``auto``
+itself) against torch.nn on the same weights. One table per machine class, its key
+(``table_key``) saying what decides how fast both sides are:
 
-The rule (``torch_is_faster``): in the table of the running ISA, among the points of the call's
-cell, mode ("fwd": no gradient will be taken; "fwdbwd": it will) and dtype, take the nearest in
-(log2 B, log2 H); torch's RNN runs the call when that point's ratio is below the file's
-``threshold``. Equidistant points: the lowest ratio decides (the promise is about never being
-slower). A dtype the plan did not measure never routes: bf16/fp16 kernels on the CPU are
-different code on both sides, so float32's numbers say nothing about them. No file, no table for
-the running ISA (or a device without a plan: today every device but the CPU), or the setting
-``RNNKERNELS_PLAN=off``: never routes, and ``auto`` runs our kernels as before. The Elman RNN's
-points (measured with tanh) also stand for relu.
+* CPU: the ISA the compiled kernels run (``compiled.get_option("cpu_isa")``: "avx512",
+  "avx2", "generic").
+* CUDA: ``"<device name>/sm_<major><minor>/<SM count>sm"``, e.g. "NVIDIA H200/sm_90/132sm"
+  (``cuda_key``). The compute capability alone is too coarse: an H100 PCIe (114 SMs, HBM2e)
+  and an H200 (132 SMs, HBM3e) are both sm_90, yet the latency-bound small shapes scale with
+  the SM count (the Triton persistent scans spread over the SMs; cuDNN picks its algorithms
+  per part) and the large ones with memory bandwidth, which only the name tells apart. The
+  SM count also separates a MIG slice from the whole GPU. A GPU that was never measured has
+  no table and never routes: ``auto`` runs our kernels there, as before the plan existed.
+
+The rule (``torch_is_faster``): in the table of the running machine, among the points of the
+call's cell, mode ("fwd": no gradient will be taken; "fwdbwd": it will) and dtype, take the
+nearest in (log2 B, log2 H); torch's RNN runs the call when that point's ratio is below the
+file's ``threshold``. Equidistant points: the lowest ratio decides (the promise is about never
+being slower). A dtype the plan did not measure never routes: bf16/fp16 kernels are different
+code on both sides, so float32's numbers say nothing about them. No file, no table for this
+machine, or the setting ``RNNKERNELS_PLAN=off``: never routes, and ``auto`` runs our kernels as
+before. The Elman RNN's points (measured with tanh) also stand for relu. CUDA's float32 points
+are measured with TF32 off (fp32 on both sides, as ``bench/gpu.sh`` runs everything).
 
 Answers are memoised per (device, cell, mode, dtype, B, H): the lookup runs on every layer call
 (~0.5 µs on a hit). The file and the machine's table key are read once (reading the ISA from the
-extension costs ~2 µs); ``forget()`` drops all of it, e.g. after ``compiled.set_option("cpu_isa",
-...)``. While torch.compile or torch.export traces, the plan is not consulted (always False):
-the graph keeps our scan, one opaque custom op, where torch's RNN would be decomposed into a
-step-by-step graph, and sizes may be symbolic there.
+extension costs ~2 µs; a GPU's properties more); ``forget()`` drops all of it, e.g. after
+``compiled.set_option("cpu_isa", ...)``. Nothing here touches ``torch.cuda`` unless a CUDA call
+is being routed (or ``describe("cuda")`` asks): a CPU-only process never initialises CUDA. While
+torch.compile or torch.export traces, the plan is not consulted (always False): the graph keeps
+our scan, one opaque custom op, where torch's RNN would be decomposed into a step-by-step graph,
+and sizes may be symbolic there.
 """
 from __future__ import annotations
 
@@ -50,7 +62,7 @@ MODES = ("fwd", "fwdbwd")
 
 _override: Path | dict | None = None   # set_plan(): a file or a parsed plan, for tests
 _files: dict[str, dict | None] = {}    # device type -> the parsed plan file (None: no file)
-_keys: dict[str, str | None] = {}      # device type -> the table key of this machine
+_keys: dict[tuple, str | None] = {}    # (device type, CUDA index) -> the table key here
 _memo: dict[tuple, bool] = {}
 _MEMO_LIMIT = 4096                     # distinct shapes kept; then the memo starts over
 
@@ -120,22 +132,34 @@ def _well_formed(p) -> bool:
             and isinstance(p.get("ratio"), (int, float)) and p["ratio"] > 0)
 
 
-def table_key(device_type: str) -> str | None:
-    """The key of this machine's table: on the CPU the ISA the compiled kernels run, None where
-    there is none (no extension, or a device without plans)."""
-    if device_type not in _keys:
+def cuda_key(props) -> str:
+    """The table key of a GPU from its ``torch.cuda.get_device_properties`` (the module
+    docstring says why name, capability and SM count): "NVIDIA H200/sm_90/132sm"."""
+    return f"{props.name}/sm_{props.major}{props.minor}/{props.multi_processor_count}sm"
+
+
+def table_key(device_type: str, index: int | None = None) -> str | None:
+    """The key of this machine's table: on the CPU the ISA the compiled kernels run; on CUDA
+    ``cuda_key`` of GPU ``index`` (None: the current device); None where there is none (no
+    extension, no GPU, or a device type without plans). ``torch.cuda`` is asked only for
+    "cuda", and only after ``is_available()`` (which does not initialise CUDA)."""
+    where = (device_type, index)
+    if where not in _keys:
         key = None
         if device_type == "cpu":
             from . import compiled  # noqa: PLC0415 - loads the extension
             key = compiled.get_option("cpu_isa") if compiled.AVAILABLE else None
-        _keys[device_type] = key
-    return _keys[device_type]
+        elif device_type == "cuda" and torch.cuda.is_available():
+            key = cuda_key(torch.cuda.get_device_properties(
+                torch.cuda.current_device() if index is None else index))
+        _keys[where] = key
+    return _keys[where]
 
 
-def table(device_type: str) -> dict | None:
-    """This machine's table of the device's plan, or None."""
+def table(device_type: str, index: int | None = None) -> dict | None:
+    """This machine's table of the device's plan (GPU ``index`` on CUDA), or None."""
     plan = load(device_type)
-    key = table_key(device_type) if plan is not None else None
+    key = table_key(device_type, index) if plan is not None else None
     return None if key is None else plan["tables"].get(key)
 
 
@@ -158,30 +182,45 @@ def nearest(points: list[dict], cell: str, mode: str, dtype: str, B: int, H: int
     return best
 
 
-def torch_is_faster(device_type: str, cell: str, training: bool, dtype: torch.dtype, B: int,
-                    H: int) -> bool:
+def torch_is_faster(device: str | torch.device, cell: str, training: bool, dtype: torch.dtype,
+                    B: int, H: int) -> bool:
     """Whether the plan says torch's own RNN runs this call faster than our kernels (the module
-    docstring: the rule). ``cell``: "LSTM", "GRU" or "RNN"; ``training``: whether the call will
-    be differentiated (grad mode on and an input or parameter requires grad)."""
+    docstring: the rule). ``device``: the call's device or device type ("cpu"; "cuda" means the
+    current GPU, ``torch.device("cuda:1")`` that one: a machine may mix GPU models);
+    ``cell``: "LSTM", "GRU" or "RNN"; ``training``: whether the call will be differentiated
+    (grad mode on and an input or parameter requires grad)."""
     if torch.compiler.is_compiling():
         return False
-    key = (device_type, cell, training, dtype, B, H)
+    where = ("cpu", None) if device == "cpu" else _place(device)
+    key = (where, cell, training, dtype, B, H)
     answer = _memo.get(key)
     if answer is None:
-        answer = _memo[key] = _lookup(device_type, cell, training, dtype, B, H)
+        answer = _memo[key] = _lookup(where, cell, training, dtype, B, H)
     # The setting last: most answers are False, and the switch takes effect at the next call.
     return answer and config.get("plan") != "off"
 
 
-def _lookup(device_type: str, cell: str, training: bool, dtype: torch.dtype, B: int,
-            H: int) -> bool:
+def _place(device: str | torch.device) -> tuple[str, int | None]:
+    """(device type, GPU index or None) of a call; a CUDA device without an index is the
+    current one (a CUDA tensor is being routed, so asking torch.cuda is fine)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type, None
+    if device.index is not None:
+        return "cuda", device.index
+    # A CUDA tensor exists, so CUDA is initialised; otherwise (no GPU) no table, no init.
+    return "cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else None
+
+
+def _lookup(where: tuple[str, int | None], cell: str, training: bool, dtype: torch.dtype,
+            B: int, H: int) -> bool:
     """``torch_is_faster`` without its memo and switch."""
     answer = False
-    found = table(device_type)
+    found = table(*where)
     if found is not None:
         point = nearest(found.get("points", []), cell, "fwdbwd" if training else "fwd",
                         dtype_name(dtype), B, H)
-        answer = point is not None and point["ratio"] < threshold(device_type)
+        answer = point is not None and point["ratio"] < threshold(where[0])
     if len(_memo) >= _MEMO_LIMIT:
         _memo.clear()
     return answer
