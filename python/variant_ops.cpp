@@ -14,6 +14,7 @@
 #include "cpu/variant_scan.h"
 #include "ops_impl.h"
 #include "step_gemm.h"
+#include "variant_io.h"
 
 namespace rnnk {
 namespace bridge {
@@ -36,13 +37,14 @@ Cell cell_of(const Checker& ck, int64_t cell) {
 // The variant operands of a call, checked, in the accumulation dtype, kept alive with it.
 struct Operands {
   cpu::VariantArgs v;
-  Tensor w_hh, b_hn, peephole, mask_h, mask_c;
+  Tensor w_hh, b_hn, peephole;
+  ZoneoutOperands zone;
 
   Operands(VScan& sc, const Tensor& w_hh_in, const OptTensor& b_hn_in, const OptTensor& peep,
            const OptTensor& mh, const OptTensor& mc, double p_h, double p_c, int64_t heads) {
     const Checker& ck = sc.ck;
     ScanArgs& a = sc.a;
-    const bool lstm = a.cell == Cell::kLSTM, elman = gates_of(a.cell) == 1;
+    const bool lstm = a.cell == Cell::kLSTM;
     TORCH_CHECK(heads >= 1 && a.H % heads == 0, ck.who, ": num_heads (", heads,
                 ") must divide the hidden size ", a.H);
     const auto acc = acc_type(ck.dtype);
@@ -59,28 +61,9 @@ struct Operands {
       ck.tensor(*peep, "peephole", {3, a.H});
       peephole = peep->to(acc).contiguous();
     }
-    TORCH_CHECK(!elman || (!given(mh) && p_h == 0), ck.who, ": the Elman RNN has no zoneout");
-    TORCH_CHECK(lstm || (!given(mc) && p_c == 0), ck.who, ": only the LSTM has a cell state");
-    TORCH_CHECK(p_h >= 0 && p_h < 1 && p_c >= 0 && p_c < 1, ck.who,
-                ": zoneout probabilities must be in [0, 1), got ", p_h, " and ", p_c);
-    if (given(mh)) mask_h = mask(ck, *mh, "mask_h", a);
-    if (given(mc)) mask_c = mask(ck, *mc, "mask_c", a);
+    zone.set(ck, a, mh, mc, p_h, p_c, v);
     v.peephole = ptr(peephole);
     v.heads = heads;
-    v.mask_h = ptr(mask_h);
-    v.mask_c = ptr(mask_c);
-    v.p_h = p_h;
-    v.p_c = p_c;
-  }
-
-  static Tensor mask(const Checker& ck, const Tensor& m, const char* name, const ScanArgs& a) {
-    TORCH_CHECK(m.device().type() == at::kCPU && m.scalar_type() == acc_type(ck.dtype), ck.who,
-                ": ", name, " must be a CPU tensor of dtype ", acc_type(ck.dtype), ", got ",
-                m.scalar_type(), " on ", m.device());
-    TORCH_CHECK(m.sizes().equals({a.sched.T, a.sched.B, a.H}), ck.who, ": ", name,
-                " has shape ", m.sizes(), ", expected [", a.sched.T, ", ", a.sched.B, ", ", a.H,
-                "]");
-    return m.contiguous();
   }
 };
 
@@ -113,16 +96,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> variant_forward(
   VScan sc("variant_forward", Cell::kLSTM, xp);
   sc.a.cell = cell_of(sc.ck, cell);
   const bool lstm = sc.a.cell == Cell::kLSTM;
-  const int64_t G = gates_of(sc.a.cell);
-  check_3d(sc.ck, xp, "xp");
-  const int64_t T = xp.size(0), B = xp.size(1), GH = xp.size(2), H = GH / G;
-  TORCH_CHECK(GH % G == 0, sc.ck.who, ": xp's last dimension (", GH, ") must be ", G,
-              "*hidden_size");
-  sc.sizes(T, B, H, H);
-  sc.input(&ScanArgs::xp, xp, "xp", {T, B, GH});
-  sc.input(&ScanArgs::h0, h0, "h0", {B, H});
-  TORCH_CHECK(lstm == given(c0), sc.ck.who, ": c0 is required for the LSTM, and only there");
-  if (lstm) sc.input(&ScanArgs::c0, *c0, "c0", {B, H});
+  variant_forward_inputs(sc, xp, h0, c0);
+  const int64_t G = gates_of(sc.a.cell), T = sc.a.sched.T, B = sc.a.sched.B, H = sc.a.H,
+                GH = G * H;
   sc.schedule(lengths, reverse);
   Operands ops(sc, w_hh, b_hn, peephole, mask_h, mask_c, p_h, p_c, num_heads);
   Tensor out = sc.output(&ScanArgs::out, {T, B, H});
@@ -149,20 +125,8 @@ std::tuple<Tensor, Tensor, Tensor> variant_backward(
   VScan sc("variant_backward", Cell::kLSTM, h0);
   sc.a.cell = cell_of(sc.ck, cell);
   const bool lstm = sc.a.cell == Cell::kLSTM;
-  check_3d(sc.ck, out, "out");
-  const int64_t T = out.size(0), B = out.size(1), H = out.size(2),
-                GH = gates_of(sc.a.cell) * H;
-  sc.sizes(T, B, H, H);
-  sc.input(&ScanArgs::out, out, "out", {T, B, H});
-  sc.input(&ScanArgs::grad_out, grad_out, "grad_out", {T, B, H});
-  sc.input(&ScanArgs::grad_hn, grad_hn, "grad_hn", {B, H});
-  sc.input(&ScanArgs::h0, h0, "h0", {B, H});
-  TORCH_CHECK(lstm == (given(c0) && given(grad_cn)), sc.ck.who,
-              ": c0 and grad_cn are required for the LSTM, and only there");
-  if (lstm) {
-    sc.input(&ScanArgs::grad_cn, *grad_cn, "grad_cn", {B, H});
-    sc.input(&ScanArgs::c0, *c0, "c0", {B, H});
-  }
+  variant_backward_inputs(sc, grad_out, grad_hn, grad_cn, h0, c0, out);
+  const int64_t T = sc.a.sched.T, B = sc.a.sched.B, H = sc.a.H, GH = gates_of(sc.a.cell) * H;
   if (GH > H) {
     sc.saved(&ScanArgs::gates, gates, "gates", {T, B, GH});
     sc.saved(lstm ? &ScanArgs::cs : &ScanArgs::hn_lin, ws, lstm ? "cs" : "hn_lin", {T, B, H});

@@ -50,7 +50,8 @@ NAMES = {"peephole": "peephole", "num_heads": "head-wise recurrence", "zoneout":
 # Backends with an implementation of the variants: name -> (module, the options it implements).
 # Fastest first; `auto` takes the first that implements a call's variants and can run it.
 KERNELS = {
-    "cpu": ("rnnkernels.backends.cpu_variants", ("peephole", "num_heads", "zoneout")),
+    "cpu": ("rnnkernels.backends.cpu_variants",
+            ("peephole", "num_heads", "zoneout", "layer_norm")),
     "triton": ("rnnkernels.backends.triton.variants", ("peephole", "num_heads", "zoneout")),
     "reference": ("rnnkernels.backends.reference_variants",
                   ("peephole", "num_heads", "zoneout", "layer_norm")),
@@ -220,6 +221,19 @@ def implementation(backend: str):
 # Backends of KERNELS without a kernel for an LSTM with a projection (proj_size > 0): ``auto``
 # passes them over for such a call, a named one raises.
 NO_PROJECTION = ("cpu",)
+# Options a backend of KERNELS combines only with some others: option -> those. ``auto`` passes
+# the backend over for another combination, a named one raises.
+COMBINES = {"cpu": {"layer_norm": ("zoneout",)}}
+
+
+def _lacks(name: str, used: tuple[str, ...]) -> list[str]:
+    """The options of ``used`` that backend ``name`` cannot run together: those it has no
+    kernel for, or all of them when it has no kernel for their combination."""
+    missing = [o for o in used if o not in KERNELS.get(name, ("", ()))[1]]
+    for option, partners in COMBINES.get(name, {}).items():
+        if not missing and option in used and any(o not in (option, *partners) for o in used):
+            return list(used)
+    return missing
 
 
 def resolve(backend: str, spec: VariantSpec, device_type: str, dtype: torch.dtype,
@@ -255,7 +269,7 @@ def _choose(name: str, used: tuple[str, ...], what: str, projected: bool, device
                            f"{what}: torch.nn has no such variant; use backend='auto' or "
                            "'reference'")
     if name != "auto":
-        missing = [o for o in used if o not in KERNELS.get(name, ("", ()))[1]]
+        missing = _lacks(name, used)
         if missing:
             raise RuntimeError(f"rnnkernels: backend {name!r} cannot run "
                                f"{_describe(missing)}: no fused kernel for "
@@ -270,8 +284,8 @@ def _choose(name: str, used: tuple[str, ...], what: str, projected: bool, device
         # auto considers only the backends ``backends`` would auto-pick on this device (never
         # triton on the CPU, where it is an interpreter for tests).
         auto = backends._PREFERENCE.get(device_type, ("reference",))
-        candidates = [n for n, (_, has) in KERNELS.items()
-                      if n in auto and all(o in has for o in used)
+        candidates = [n for n in KERNELS
+                      if n in auto and not _lacks(n, used)
                       and not (projected and n in NO_PROJECTION)]
     reasons = []
     for candidate in candidates:

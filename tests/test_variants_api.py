@@ -201,27 +201,30 @@ def test_zoneout_keeps_the_documented_fraction_of_units_exactly_as_drawn():
 
 # -------------------------------------------------------------------------------- routing
 def test_auto_runs_variants_on_the_reference_and_says_so_once():
-    """Layer norm has no fused kernel yet (variants.KERNELS): auto runs it on the reference and
-    says so once; a variant with a fused kernel on the CPU says nothing."""
+    """Layer norm with a peephole has no fused kernel yet (variants.KERNELS, ALONE): auto runs
+    it on the reference and says so once; a variant with a fused kernel on the CPU says
+    nothing."""
     backends._warned.clear()
-    lstm = rnnkernels.LSTM(5, 6, layer_norm=True)
+    lstm = rnnkernels.LSTM(5, 6, peephole=True, layer_norm=True)
     x = torch.randn(4, 2, 5)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         lstm(x)
         lstm(x)
-        rnnkernels.LSTM(5, 6, layer_norm=True, backend="reference")(x)
+        rnnkernels.LSTM(5, 6, peephole=True, layer_norm=True, backend="reference")(x)
         rnnkernels.LSTM(5, 6, peephole=True)(x)          # the cpu kernel: nothing to say
     said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
-    assert said == ["rnnkernels: backend='auto' runs layer norm on the 'reference' backend "
-                    "(plain PyTorch, not fused): no fused kernel for layer norm yet"]
+    assert said == ["rnnkernels: backend='auto' runs peephole, layer norm on the 'reference' "
+                    "backend (plain PyTorch, not fused): no fused kernel for peephole, layer "
+                    "norm yet"]
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu", "triton", "cuda"])
 def test_a_backend_without_the_variant_raises(backend):
     x = torch.randn(4, 2, 5)
-    for module, what in ((rnnkernels.GRU(5, 6, layer_norm=True, backend=backend), "layer norm"),
-                         (rnnkernels.LSTMCell(5, 6, layer_norm=True, zoneout=0.1,
+    for module, what in ((rnnkernels.GRU(5, 6, num_heads=2, layer_norm=True, backend=backend),
+                          "layer norm"),
+                         (rnnkernels.LSTMCell(5, 6, layer_norm=True, num_heads=2,
                                               backend=backend), "layer norm")):
         match = f"backend 'torch' .* cannot run .*{what}.*torch.nn has no such variant" \
             if backend == "torch" else f"backend '{backend}' cannot run .*{what}.*no fused kernel"
@@ -264,11 +267,13 @@ def test_revert_refuses_a_variant(cls, kw):
 
 def test_torch_compile_fullgraph_runs_the_variants():
     """The variants' backend choice is a constant of the graph (_dynamo_setup.py): fullgraph
-    compiles of a fused variant (cpu), a reference one (layer norm) and the sLSTM equal eager."""
+    compiles of fused variants (cpu), a reference one (layer norm with heads) and the sLSTM
+    equal eager."""
     torch.manual_seed(0)
     x = torch.randn(5, 3, 4)
     for module in (rnnkernels.LSTM(4, 6, peephole=True, num_heads=2, zoneout=0.1).eval(),
                    rnnkernels.GRU(4, 6, layer_norm=True),
+                   rnnkernels.GRU(4, 6, num_heads=2, layer_norm=True),
                    rnnkernels.SLSTM(4, 6, num_heads=2)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)   # auto's "runs ... on the reference"

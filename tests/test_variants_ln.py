@@ -316,18 +316,21 @@ def test_bad_option_raises_torchs_error_type(mode, value, error):
         getattr(rnnkernels, mode)(5, 6, layer_norm=value)
 
 
-def test_auto_runs_it_on_the_reference_and_named_backends_refuse():
+def test_auto_runs_a_combination_on_the_reference_and_named_backends_refuse():
+    """Layer norm alone runs on cpu (tests/test_variants_ln_cpu.py); combined with another
+    option no fused kernel has it yet."""
     backends._warned.clear()
     x = torch.randn(4, 2, 5)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        rnnkernels.GRU(5, 6, **LN)(x)
+        rnnkernels.GRU(5, 6, num_heads=2, **LN)(x)
     said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
-    assert said == ["rnnkernels: backend='auto' runs layer norm on the 'reference' backend "
-                    "(plain PyTorch, not fused): no fused kernel for layer norm yet"]
+    assert said == ["rnnkernels: backend='auto' runs head-wise recurrence, layer norm on the "
+                    "'reference' backend (plain PyTorch, not fused): no fused kernel for "
+                    "head-wise recurrence, layer norm yet"]
     for backend in ("cpu", "triton", "cuda", "torch"):
-        with pytest.raises(RuntimeError, match="cannot run layer norm"):
-            rnnkernels.LSTM(5, 6, **LN, backend=backend)(x)
+        with pytest.raises(RuntimeError, match="cannot run .*layer norm"):
+            rnnkernels.LSTM(5, 6, peephole=True, **LN, backend=backend)(x)
 
 
 def test_packed_output_is_the_padded_run_per_sequence():

@@ -38,6 +38,7 @@ RNNK_TARGET_PUSH(RNNK_CPU_TARGET)
 #include "scan_impl.h"
 #include "cell_step_impl.h"   // the cell step's kernels: same build, same ISA
 #include "variant_impl.h"     // the variants' scans (variant_scan.h): same build
+#include "ln_impl.h"          // the layer-norm scans (ln_scan.h): same build
 
 #ifdef RNNK_CPU_TARGET
 #if defined(__clang__)

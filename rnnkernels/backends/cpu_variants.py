@@ -1,4 +1,5 @@
-"""The ``cpu`` backend of the recurrent variants (peephole, head-wise recurrence, zoneout).
+"""The ``cpu`` backend of the recurrent variants (peephole, head-wise recurrence, zoneout; layer
+norm: ``cpu_layer_norm``).
 
 ``scan`` has ``reference_variants.scan``'s signature and semantics (docs/VARIANTS.md, the backend
 contract of docs/BACKENDS.md) and runs the fused C++ scans of ``csrc/cpu/variant_impl.h``
@@ -47,6 +48,19 @@ def _keep(keep) -> tuple[Tensor | None, float]:
     if isinstance(keep, float):
         return None, keep
     return keep, 0.0
+
+
+def zoneout_args(keep: tuple) -> tuple[Tensor | None, Tensor | None, float, float]:
+    """ScanVariant.keep → the ops' (mask_h, mask_c, p_h, p_c)."""
+    (mask_h, p_h), (mask_c, p_c) = (_keep(k) for k in (*keep, None)[:2])
+    return mask_h, mask_c, p_h, p_c
+
+
+def keep_of(mask_h, mask_c, p_h: float, p_c: float, states: int) -> tuple:
+    """The inverse of ``zoneout_args``: a ScanVariant.keep of ``states`` entries."""
+    keep = tuple(m if m is not None else (p if p > 0 else None)
+                 for m, p in ((mask_h, p_h), (mask_c, p_c)))
+    return keep[:states]
 
 
 def _ext():
@@ -196,14 +210,13 @@ def _reference_backward(ctx, grads):
     exact."""
     xp, h0, c0, w_hh, b_hn, peep, mask_h, mask_c, lengths, _, _, _ = ctx.saved_tensors
     cell, k = ctx.args["cell"], ctx.args["num_heads"]
-    keep = [m if m is not None else (p if p > 0 else None)
-            for m, p in ((mask_h, ctx.args["p_h"]), (mask_c, ctx.args["p_c"]))]
     states = (h0, c0) if cell == 0 else (h0,)
+    keep = keep_of(mask_h, mask_c, ctx.args["p_h"], ctx.args["p_c"], len(states))
     spec = CELLS[_NAMES[cell]]
     with torch.enable_grad():
         out, finals = reference_variants.scan(spec, xp, states, w_hh, None, b_hn, lengths,
                                               ctx.reverse, cell == 3,
-                                              ScanVariant(peep, k, tuple(keep[:len(states)])))
+                                              ScanVariant(peep, k, keep))
         outputs = (out, *finals)
         names = (1, 2, 3, 4, 5, 6)   # xp, h0, c0, w_hh, b_hn, peephole
         tensors = (xp, h0, c0, w_hh, b_hn, peep)
@@ -226,7 +239,12 @@ def scan(cell: CellSpec, xp: Tensor, states: tuple[Tensor, ...], w_hh: Tensor,
          w_hr: Tensor | None, b_hn: Tensor | None, lengths: Tensor | None, reverse: bool,
          relu: bool, variant: ScanVariant) -> tuple[Tensor, tuple[Tensor, ...]]:
     """``reference_variants.scan`` on the fused CPU kernels: (out [T,B,H] in time order, final
-    states). Forward-mode AD, torch.func transforms and traces run the reference loop."""
+    states). Forward-mode AD, torch.func transforms and traces run the reference loop. Layer
+    norm has its own scan (``cpu_layer_norm``)."""
+    if variant.layer_norm is not None:
+        from . import cpu_layer_norm
+        return cpu_layer_norm.scan(cell, xp, states, w_hh, w_hr, b_hn, lengths, reverse, relu,
+                                   variant)
     peep = variant.peephole
     if routes.unsupported_autograd_mode(lambda: [xp, *states, w_hh, b_hn, peep]) is not None:
         return reference_variants.scan(cell, xp, states, w_hh, w_hr, b_hn, lengths, reverse,
@@ -237,7 +255,7 @@ def scan(cell: CellSpec, xp: Tensor, states: tuple[Tensor, ...], w_hh: Tensor,
     if peep is not None and peep.dtype != xp.dtype:   # (autocast casts the module's weights)
         peep = peep.to(xp.dtype)
     code = _CELLS[cell.name] + (1 if cell.name == "rnn" and relu else 0)
-    (mask_h, p_h), (mask_c, p_c) = (_keep(k) for k in (*variant.keep, None)[:2])
+    mask_h, mask_c, p_h, p_c = zoneout_args(variant.keep)
     c0 = states[1] if code == 0 else None
     save = C.needs_grad(xp, *states, w_hh, b_hn, peep)
     out, h_n, c_n, _, _ = variant_scan_cpu(code, xp, states[0], c0, w_hh, b_hn, peep, mask_h,

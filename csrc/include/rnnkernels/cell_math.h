@@ -181,4 +181,58 @@ RNNK_HOST_DEVICE RNNK_INLINE T zoneout_bwd(T k, T ds, T& direct) {
   return (1 - k) * ds;
 }
 
+// Layer norm (Ba et al. 2016; haste's LayerNormLSTM / LayerNormGRU, docs/VARIANTS.md) of a row v
+// of n values: v̂ = (v - mean(v)) · rstd, rstd = 1/sqrt(var(v) + eps) (biased variance), then
+// γ ⊙ v̂ (+ β). The row statistics are reductions, the kernels' (csrc/cpu/ln_impl.h); per
+// element only these two formulas. The backward, with dv̂ = γ ⊙ ∂L/∂(γ ⊙ v̂ + β) and the row means
+// m1 = mean(dv̂), m2 = mean(dv̂ ⊙ v̂) (v̂'s mean and its variance depend on every element):
+//   ∂L/∂v = rstd ⊙ (dv̂ - m1 - v̂ ⊙ m2)
+template <class T, class A>
+RNNK_HOST_DEVICE RNNK_INLINE T layer_norm_fwd(T v, A mean, A rstd) {
+  return (v - mean) * rstd;
+}
+template <class T, class A>
+RNNK_HOST_DEVICE RNNK_INLINE T layer_norm_bwd(T dvhat, T vhat, A rstd, A m1, A m2) {
+  return rstd * (dvhat - m1 - vhat * m2);
+}
+
+// The layer-norm LSTM's step around lstm_cell_fwd's gates: pre-activations g_* (the normalised
+// input and recurrent products plus the bias) give i, f, u, o and c_t = f ⊙ c_{t-1} + i ⊙ u as
+// there; then, once the row's c_t is complete and normalised, ĉ, y = γ_c ⊙ ĉ + β_c and
+//   h_t = o ⊙ tanh(y)                                  (lstm_ln_hidden_fwd)
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE void lstm_ln_gates_fwd(T gi, T gf, T gg, T go, T c_prev, T& i, T& f,
+                                                   T& u, T& o, T& c) {
+  i = M::sigmoid(gi);
+  f = M::sigmoid(gf);
+  u = M::tanh(gg);
+  o = M::sigmoid(go);
+  c = f * c_prev + i * u;
+}
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE T lstm_ln_hidden_fwd(T o, T y) {
+  return o * M::tanh(y);
+}
+
+// Its backward in the same two halves. First, from dh = ∂L/∂h_t:
+//   d g_o = dh ⊙ tanh(y) ⊙ o(1-o)      dy = dh ⊙ o ⊙ (1 - tanh²y)
+// (the kernel then takes dy through the norm of c: dc_t = dc + layer_norm_bwd(γ_c ⊙ dy, ...));
+// then, from dc_t, the gates as lstm_cell_bwd's:
+//   d g_i = dc_t ⊙ u ⊙ i(1-i)   d g_f = dc_t ⊙ c_{t-1} ⊙ f(1-f)   d g_g = dc_t ⊙ i ⊙ (1-u²)
+//   dc_{t-1} = dc_t ⊙ f
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE void lstm_ln_hidden_bwd(T dh, T o, T y, T& dgo, T& dy) {
+  const T ty = M::tanh(y);
+  dgo = dh * ty * o * (1 - o);
+  dy = dh * o * (1 - ty * ty);
+}
+template <class T>
+RNNK_HOST_DEVICE RNNK_INLINE void lstm_ln_gates_bwd(T dct, T i, T f, T u, T c_prev, T& dgi,
+                                                    T& dgf, T& dgg, T& dc_prev) {
+  dgi = dct * u * i * (1 - i);
+  dgf = dct * c_prev * f * (1 - f);
+  dgg = dct * i * (1 - u * u);
+  dc_prev = dct * f;
+}
+
 }  // namespace rnnk
