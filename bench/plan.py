@@ -55,7 +55,8 @@ from .configs import Config
 
 CELLS = ("LSTM", "GRU", "RNN")
 MODES = ("fwd", "fwdbwd")
-GRID = {"cpu": {"B": (1, 4, 16, 64, 256), "H": (64, 256, 1024), "dtypes": ("float32",)},
+LAYOUTS = ("uni", "bidir")      # one direction, or both in one call (points' "bidirectional")
+GRID = {"cpu": {"B": (1, 4, 16, 64, 256), "H": (64, 128, 256, 512, 1024), "dtypes": ("float32",)},
         "cuda": {"B": (1, 16, 64, 256), "H": (128, 512, 1024),
                  "dtypes": ("float32", "bfloat16", "float16")}}
 QUICK_B, QUICK_H = (1, 16), (64,)
@@ -89,6 +90,8 @@ def _parse_args(argv):
                    "rnnkernels/plans/<device>.json of the imported rnnkernels)")
     p.add_argument("--cells", type=lambda s: _names(s, CELLS), default=CELLS)
     p.add_argument("--modes", type=lambda s: _names(s, MODES), default=MODES)
+    p.add_argument("--layouts", type=lambda s: _names(s, LAYOUTS), default=LAYOUTS,
+                   help="uni (one direction), bidir (bidirectional); default both")
     p.add_argument("--batches", type=_ints, default=None, help=f"default {GRID['cpu']['B']}; "
                    f"cuda {GRID['cuda']['B']}")
     p.add_argument("--hidden", type=_ints, default=None, help=f"H = I; default "
@@ -98,8 +101,8 @@ def _parse_args(argv):
     p.add_argument("--T", type=int, default=None,
                    help=f"a fixed T (default: per point on the CPU, {CUDA_T} on cuda)")
     p.add_argument("--target-ms", type=float, default=None, help="call length that sets T "
-                   "on the CPU (default 20; quick 5)")
-    p.add_argument("--reps", type=int, default=None, help="timed rounds per side (default 7 "
+                   "on the CPU (default 30; quick 5)")
+    p.add_argument("--reps", type=int, default=None, help="timed rounds per side (default 9 "
                    "on the CPU, 3 on cuda; quick 3)")
     p.add_argument("--budget-s", type=float, default=None, help="stop measuring after this "
                    "many seconds and write the complete groups measured so far")
@@ -114,8 +117,8 @@ def _parse_args(argv):
     args.batches = args.batches or (QUICK_B if args.quick else grid["B"])
     args.hidden = args.hidden or (QUICK_H if args.quick else grid["H"])
     args.T = args.T or (CUDA_T if cuda else None)
-    args.target_ms = args.target_ms or (5.0 if args.quick else 20.0)
-    args.reps = args.reps or (3 if args.quick or cuda else 7)
+    args.target_ms = args.target_ms or (5.0 if args.quick else 30.0)
+    args.reps = args.reps or (3 if args.quick or cuda else 9)
     args.dtypes = list(dict.fromkeys(H.DTYPES[d] for d in args.dtypes or grid["dtypes"]))
     return args
 
@@ -187,9 +190,10 @@ TARGETS = {"cpu": cpu_target, "cuda": cuda_target}
 
 # ------------------------------------------------------------------------------- measuring
 def _steps(target: Target, cell: str, mode: str, dtype: torch.dtype, B: int, Hs: int, T: int,
-           seed: int):
+           seed: int, bidir: bool = False):
     """(torch.nn's timed step, ours), on the same weights and inputs."""
-    cfg = Config(f"plan-{cell}-B{B}-H{Hs}", T=T, B=B, I=Hs, H=Hs, suite="plan")
+    cfg = Config(f"plan-{cell}-B{B}-H{Hs}", T=T, B=B, I=Hs, H=Hs, suite="plan",
+                 bidirectional=bidir)
     kwargs = H.module_kwargs(cfg, cell)
     state = H.seeded_state(cell, kwargs, seed)
     inputs = H.make_inputs(cfg, cell, target.device, dtype, seed)
@@ -204,18 +208,18 @@ def _steps(target: Target, cell: str, mode: str, dtype: torch.dtype, B: int, Hs:
 
 
 def choose_T(target: Target, cell: str, mode: str, dtype: torch.dtype, B: int, Hs: int,
-             target_ms: float, seed: int) -> int:
+             target_ms: float, seed: int, bidir: bool = False) -> int:
     """The T whose call lasts about ``target_ms``, from torch's time per step at T=8."""
-    ref, _ = _steps(target, cell, mode, dtype, B, Hs, T_PROBE, seed)
+    ref, _ = _steps(target, cell, mode, dtype, B, Hs, T_PROBE, seed, bidir)
     ref()                                                   # first-call costs out of the probe
     per_step = max(statistics.median(target.samples(ref)) / T_PROBE, 1e-4)
     return int(min(T_MAX, max(T_MIN, round(target_ms / per_step))))
 
 
 def measure_point(target: Target, cell: str, mode: str, dtype: torch.dtype, B: int, Hs: int,
-                  T: int, reps: int, seed: int) -> dict:
+                  T: int, reps: int, seed: int, bidir: bool = False) -> dict:
     """One plan point: medians over ``reps`` interleaved rounds of each side, and their ratio."""
-    ref, ours = _steps(target, cell, mode, dtype, B, Hs, T, seed)
+    ref, ours = _steps(target, cell, mode, dtype, B, Hs, T, seed, bidir)
     ref(), ours()                                           # warm-up (and the one-off costs)
     t_ref, t_ours = [], []
     for r in range(reps):
@@ -224,31 +228,35 @@ def measure_point(target: Target, cell: str, mode: str, dtype: torch.dtype, B: i
             acc.extend(target.samples(step))
     m_ref, m_ours = statistics.median(t_ref), statistics.median(t_ours)
     return {"cell": cell, "mode": mode, "dtype": H.dtype_name(dtype), "B": B, "H": Hs, "T": T,
-            "ratio": round(m_ref / m_ours, 4), "torch_ms": round(m_ref, 4),
+            **({"bidirectional": True} if bidir else {}), "ratio": round(m_ref / m_ours, 4), "torch_ms": round(m_ref, 4),
             "ours_ms": round(m_ours, 4)}
 
 
 def sweep(args, target: Target, key: str, clock: Callable[[], float] = time.perf_counter):
-    """(points, missing groups): every (dtype, cell, mode) group whole, in that order, until
-    ``args.budget_s`` is spent; the group running out of time and the ones after it are
-    missing ("LSTM/fwd/float16"), none of their points kept."""
-    groups = [(dtype, cell, mode) for dtype in args.dtypes for cell in args.cells
-              for mode in args.modes]
+    """(points, missing groups): every (dtype, cell, mode, layout) group whole, in that order,
+    until ``args.budget_s`` is spent; the group running out of time and the ones after it are
+    missing ("LSTM/fwd/float16", "LSTM/fwd/float16/bidir"), none of their points kept."""
+    layouts = getattr(args, "layouts", ("uni",))
+    groups = [(dtype, cell, mode, layout) for dtype in args.dtypes for cell in args.cells
+              for mode in args.modes for layout in layouts]
     started, points = clock(), []
-    for i, (dtype, cell, mode) in enumerate(groups):
+    for i, (dtype, cell, mode, layout) in enumerate(groups):
+        bidir = layout == "bidir"
         group = []
         for Hs in args.hidden:
             for B in args.batches:
                 if args.budget_s is not None and clock() - started >= args.budget_s:
-                    missing = [f"{c}/{m}/{H.dtype_name(d)}" for d, c, m in groups[i:]]
+                    missing = [f"{c}/{m}/{H.dtype_name(d)}" + ("/bidir" if lo == "bidir" else "")
+                               for d, c, m, lo in groups[i:]]
                     print(f"budget of {args.budget_s:g} s spent: {len(group)} points of "
                           f"{missing[0]} dropped; not measured: {', '.join(missing)}", flush=True)
                     return points, missing
                 T = args.T or choose_T(target, cell, mode, dtype, B, Hs, args.target_ms,
-                                       args.seed)
-                p = measure_point(target, cell, mode, dtype, B, Hs, T, args.reps, args.seed)
+                                       args.seed, bidir)
+                p = measure_point(target, cell, mode, dtype, B, Hs, T, args.reps, args.seed,
+                                  bidir)
                 group.append(p)
-                print(f"{key} {cell:4s} {mode:6s} {p['dtype']:8s} B={B:<4d} H={Hs:<5d} "
+                print(f"{key} {cell:4s} {mode:6s} {layout:5s} {p['dtype']:8s} B={B:<4d} H={Hs:<5d} "
                       f"T={T:<4d} torch {p['torch_ms']:9.3f} ms  ours {p['ours_ms']:9.3f} ms  "
                       f"ratio {p['ratio']:.2f}", flush=True)
         points += group
@@ -260,7 +268,9 @@ def auto_route(cfg, cell: str, mode: str, dtype: torch.dtype,
     """The route the plan gives ``auto`` on a config of ``bench.run`` on ``device`` (the
     ``[impl]`` tag of its ``auto`` rows): "plan: torch" or "plan: ours"."""
     from rnnkernels.backends import plan as P  # noqa: PLC0415
-    routed = P.torch_is_faster(device, cell, mode == "fwdbwd", dtype, cfg.B, cfg.H)
+    device_type = torch.device(device).type
+    routed = P.routable(device_type, cfg.packed, projected=False) and P.torch_is_faster(
+        device, cell, mode == "fwdbwd", dtype, cfg.B, cfg.H, cfg.bidirectional)
     return f"plan: {'torch' if routed else 'ours'}"
 
 

@@ -229,7 +229,8 @@ def _autocast_output_dtypes(cell: CellSpec, cast: torch.dtype, state_dtypes: lis
 
 
 def _plan_says_torch(cell: CellSpec, backend: str, input: Tensor, hx: list[Tensor],
-                     params: list[Tensor], batch_first: bool, batch_sizes: Tensor | None) -> bool:
+                     params: list[Tensor], batch_first: bool, batch_sizes: Tensor | None,
+                     bidirectional: bool) -> bool:
     """Under ``auto`` (the kwarg; ``torch_route`` then applies ``RNNKERNELS_BACKEND``): whether
     the measured plan (``backends/plan.py``) says torch's own RNN runs this call faster than our
     kernels. Mode: "fwdbwd" when the call will be differentiated (grad mode on and a tensor
@@ -241,13 +242,16 @@ def _plan_says_torch(cell: CellSpec, backend: str, input: Tensor, hx: list[Tenso
     if batch_sizes is None and input.shape[1 if batch_first and input.dim() == 3 else 0] == 1:
         return False   # one step: the fused step runs it (routes.py; bench/decode.py measures it)
     device_type = "cpu" if input.is_cpu else input.device.type   # is_cpu: 0.1 µs, .type 0.8
+    if not plan.routable(device_type, batch_sizes is not None,
+                         projected=hx[0].shape[-1] != hx[-1].shape[-1]):   # h narrower than c
+        return False
     dtype = input.dtype
     if torch.is_autocast_enabled(device_type):
         dtype = _autocast_dtype(input)[0] or dtype
     training = torch.is_grad_enabled() and any(t.requires_grad for t in (input, *hx, *params))
     *_, B, H = hx[-1].shape
     device = "cpu" if input.is_cpu else input.device   # a GPU's own table (models may differ)
-    return plan.torch_is_faster(device, cell.name.upper(), training, dtype, B, H)
+    return plan.torch_is_faster(device, cell.name.upper(), training, dtype, B, H, bidirectional)
 
 
 # --------------------------------------------------------------------------------- the stack
@@ -258,7 +262,8 @@ def _stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: l
     params = list(params)
     if backends.torch_route(backend, _unsupported_autograd_mode([input, *hx, *params]),
                             torch_is_faster=_plan_says_torch(cell, backend, input, hx, params,
-                                                             batch_first, batch_sizes)):
+                                                             batch_first, batch_sizes,
+                                                             bidirectional)):
         return torch_stack(cell, input, hx, params, has_biases, num_layers, dropout, train,
                             bidirectional, batch_first, batch_sizes, relu)
     dirs = 2 if bidirectional else 1

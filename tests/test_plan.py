@@ -172,6 +172,22 @@ def test_routed_inference_is_torch_nn_bitwise(spy):
     torch.testing.assert_close(_flat(out), _flat(ref(x)), atol=1e-5, rtol=1e-5)
 
 
+def test_bidirectional_calls_take_the_bidirectional_points(isa):
+    """Both directions in one call run differently on each side (torch's oneDNN kernel, our two
+    scans): their own points decide; without any, the one-direction points."""
+    uni, bi = _point(B=16, H=128, ratio=1.2), _point(B=16, H=128, ratio=0.8) | {
+        "bidirectional": True}
+    P.set_plan(_plan([uni, bi]))
+    assert not P.torch_is_faster("cpu", "LSTM", False, torch.float32, 16, 128)
+    assert P.torch_is_faster("cpu", "LSTM", False, torch.float32, 16, 128, bidirectional=True)
+    P.set_plan(_plan([uni]))
+    assert not P.torch_is_faster("cpu", "LSTM", False, torch.float32, 16, 128, bidirectional=True)
+    assert P.routable("cpu", packed=False, projected=False)
+    assert not P.routable("cpu", packed=True, projected=False)
+    assert not P.routable("cpu", packed=False, projected=True)
+    assert P.routable("cuda", packed=True, projected=True)
+
+
 @CPU
 def test_one_step_calls_keep_the_fused_step(spy):
     """A call with one time step runs the fused C++ step (bench/decode.py measures it against
@@ -241,18 +257,24 @@ def test_plan_off_runs_our_backend(spy, monkeypatch):
 
 
 @CPU
-def test_packed_bidirectional_projection_routed(spy):
-    """H is the hidden size (c's), not proj_size; B the batch of the packed sequence."""
+def test_bidirectional_routed_packed_and_projected_not(spy):
+    """B, H: the batch and the hidden size. On the CPU a packed batch and a projection are never
+    routed: torch runs them with ATen's cell loop, not the oneDNN kernel the plan measured."""
     P.set_plan(_plan([_point(B=64, H=32, ratio=0.5)]))
-    ref, ours = _twins(num_layers=2, bidirectional=True, proj_size=8, batch_first=True)
+    ref, ours = _twins(num_layers=2, bidirectional=True, batch_first=True)
     x = torch.randn(64, 9, 16)
-    lengths = torch.randint(1, 10, (64,))
-    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     with torch.no_grad():
-        got, want = _flat(ours(packed)), _flat(ref(packed))
+        got, want = _flat(ours(x)), _flat(ref(x))
     assert spy["torch_stack"] == 1
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+    lengths = torch.randint(1, 10, (64,))
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    ref_p, ours_p = _twins(bidirectional=True, proj_size=8, batch_first=True)
+    with torch.no_grad():
+        for a, b, inp in ((ours, ref, packed), (ours_p, ref_p, x), (ours_p, ref_p, packed)):
+            torch.testing.assert_close(_flat(a(inp)), _flat(b(inp)), atol=1e-5, rtol=1e-5)
+    assert spy["torch_stack"] == 1
 
 
 @CPU

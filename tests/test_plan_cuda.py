@@ -171,7 +171,7 @@ def test_generator_defaults_per_device():
     assert cuda.dtypes == [torch.float32, torch.bfloat16, torch.float16]
     cpu = G._parse_args([])
     assert (cpu.device, cpu.batches, cpu.hidden, cpu.T, cpu.reps, cpu.dtypes) == (
-        "cpu", (1, 4, 16, 64, 256), (64, 256, 1024), None, 7, [torch.float32])
+        "cpu", (1, 4, 16, 64, 256), (64, 128, 256, 512, 1024), None, 9, [torch.float32])
     assert G._parse_args(["--device", "cuda", "--budget-s", "90", "--dtypes", "bf16",
                           "--T", "64"]).budget_s == 90.0
     with pytest.raises(SystemExit):
@@ -183,10 +183,10 @@ def test_budget_drops_the_unfinished_group_whole(monkeypatch, capsys):
     third is cut after one point, which is dropped (alone it would stand for sizes it never
     measured), and the rest is reported missing."""
     args = G._parse_args(["--cells", "LSTM,GRU", "--batches", "1,2", "--hidden", "8", "--T", "3",
-                          "--budget-s", "5.5"])
+                          "--budget-s", "5.5", "--layouts", "uni"])
     measured = []
 
-    def fake_point(target, cell, mode, dtype, B, Hs, T, reps, seed):
+    def fake_point(target, cell, mode, dtype, B, Hs, T, reps, seed, bidir=False):
         measured.append((cell, mode, B))
         return _point(cell, mode, B, Hs, 1.0, "float32") | {"torch_ms": 1.0, "ours_ms": 1.0}
     monkeypatch.setattr(G, "measure_point", fake_point)
@@ -219,7 +219,8 @@ def test_generator_cuda_merges_into_the_cuda_plan(gpus, plans_dir, monkeypatch, 
     monkeypatch.setitem(G.TARGETS, "cuda", _fake_cuda_target)
     plans_dir("cuda", {H100: [_point(ratio=0.7)]})
     args = ["--device", "cuda", "--cells", "LSTM,RNN", "--modes", "fwd", "--batches", "2",
-            "--hidden", "8", "--T", "3", "--dtypes", "float32,bfloat16", "--reps", "2"]
+            "--hidden", "8", "--T", "3", "--dtypes", "float32,bfloat16", "--reps", "2",
+            "--layouts", "uni"]
     assert G.main(args) == 0
     doc = json.loads((tmp_path / "cuda.json").read_text())     # the default file: plans/cuda.json
     P.validate(doc)

@@ -245,9 +245,8 @@ def test_opcheck(case):
     cell, xp, states, w, b_hn, lens, reverse, relu, variant = _scan_case(
         *case[1:], torch.float32, T=3, B=3, H=33, reverse=True)
     code = {"lstm": 0, "gru": 1}.get(cell.name, 3 if relu else 2)
-    (mask_h, p_h), (mask_c, p_c) = (cpu_variants._keep(k) for k in (*variant.keep, None)[:2])
     args = (code, xp, states[0], states[1] if code == 0 else None, w, b_hn, variant.peephole,
-            mask_h, mask_c, p_h, p_c, variant.num_heads, lens, True, True)
+            *cpu_variants.zoneout_args(variant.keep), variant.num_heads, lens, True, True)
     torch.library.opcheck(torch.ops.rnnkernels.variant_scan_cpu.default, args)
 
 

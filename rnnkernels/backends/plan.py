@@ -27,7 +27,9 @@ itself) against torch.nn on the same weights. One table per machine class, its k
   no table and never routes: ``auto`` runs our kernels there, as before the plan existed.
 
 The rule (``torch_is_faster``): in the table of the running machine, among the points of the
-call's cell, mode ("fwd": no gradient will be taken; "fwdbwd": it will) and dtype, take the
+call's cell, mode ("fwd": no gradient will be taken; "fwdbwd": it will), dtype and direction
+(a bidirectional call takes the bidirectional points, ``"bidirectional": true``, where the table
+has them; ``routable`` says which calls the points stand for at all), take the
 nearest in (log2 B, log2 H); torch's RNN runs the call when that point's ratio is below the
 file's ``threshold``. Equidistant points: the lowest ratio decides (the promise is about never
 being slower). A dtype the plan did not measure never routes: bf16/fp16 kernels are different
@@ -168,22 +170,36 @@ def threshold(device_type: str) -> float:
     return float((plan or {}).get("threshold", DEFAULT_THRESHOLD))
 
 
-def nearest(points: list[dict], cell: str, mode: str, dtype: str, B: int, H: int) -> dict | None:
-    """The point of (cell, mode, dtype) nearest to (B, H) in (log2 B, log2 H); equidistant
-    ones: the lowest ratio. None when that cell, mode and dtype were not measured."""
+def nearest(points: list[dict], cell: str, mode: str, dtype: str, B: int, H: int,
+            bidirectional: bool = False) -> dict | None:
+    """The point of (cell, mode, dtype, direction) nearest to (B, H) in (log2 B, log2 H);
+    equidistant ones: the lowest ratio. None when that cell, mode and dtype were not measured.
+    A bidirectional call takes the bidirectional points (both directions in one call run
+    differently on each side: torch's oneDNN kernel against our two scans), or the
+    unidirectional ones where the plan has none."""
     lb, lh = math.log2(max(B, 1)), math.log2(max(H, 1))
     best, best_key = None, None
-    for p in points:
-        if p["cell"] != cell or p["mode"] != mode or p["dtype"] != dtype:
-            continue
+    same = [p for p in points if p["cell"] == cell and p["mode"] == mode and p["dtype"] == dtype]
+    if bidirectional and any(p.get("bidirectional") for p in same):
+        same = [p for p in same if p.get("bidirectional")]
+    else:
+        same = [p for p in same if not p.get("bidirectional")]
+    for p in same:
         key = (round(math.hypot(math.log2(p["B"]) - lb, math.log2(p["H"]) - lh), 9), p["ratio"])
         if best_key is None or key < best_key:
             best, best_key = p, key
     return best
 
 
+def routable(device_type: str, packed: bool, projected: bool) -> bool:
+    """Whether the plan's points stand for a call at all. On the CPU a packed batch and an LSTM
+    with a projection are never routed: torch runs those with ATen's cell loop, not the oneDNN
+    kernel the points measured (make bench measured 0.89x at q-packed when they were)."""
+    return device_type != "cpu" or not (packed or projected)
+
+
 def torch_is_faster(device: str | torch.device, cell: str, training: bool, dtype: torch.dtype,
-                    B: int, H: int) -> bool:
+                    B: int, H: int, bidirectional: bool = False) -> bool:
     """Whether the plan says torch's own RNN runs this call faster than our kernels (the module
     docstring: the rule). ``device``: the call's device or device type ("cpu"; "cuda" means the
     current GPU, ``torch.device("cuda:1")`` that one: a machine may mix GPU models);
@@ -192,10 +208,10 @@ def torch_is_faster(device: str | torch.device, cell: str, training: bool, dtype
     if torch.compiler.is_compiling():
         return False
     where = ("cpu", None) if device == "cpu" else _place(device)
-    key = (where, cell, training, dtype, B, H)
+    key = (where, cell, training, dtype, B, H, bidirectional)
     answer = _memo.get(key)
     if answer is None:
-        answer = _memo[key] = _lookup(where, cell, training, dtype, B, H)
+        answer = _memo[key] = _lookup(where, cell, training, dtype, B, H, bidirectional)
     # The setting last: most answers are False, and the switch takes effect at the next call.
     return answer and config.get("plan") != "off"
 
@@ -213,13 +229,13 @@ def _place(device: str | torch.device) -> tuple[str, int | None]:
 
 
 def _lookup(where: tuple[str, int | None], cell: str, training: bool, dtype: torch.dtype,
-            B: int, H: int) -> bool:
+            B: int, H: int, bidirectional: bool) -> bool:
     """``torch_is_faster`` without its memo and switch."""
     answer = False
     found = table(*where)
     if found is not None:
         point = nearest(found.get("points", []), cell, "fwdbwd" if training else "fwd",
-                        dtype_name(dtype), B, H)
+                        dtype_name(dtype), B, H, bidirectional)
         answer = point is not None and point["ratio"] < threshold(where[0])
     if len(_memo) >= _MEMO_LIMIT:
         _memo.clear()

@@ -49,7 +49,7 @@ def stack(cell: CellSpec, name: str, input: Tensor, hx: list[Tensor], params: li
     plain = not call.spec.recurrent()
     if plain and backends.torch_route(backend, routes.unsupported_autograd_mode(
             [input, *hx, *params]), RF._plan_says_torch(cell, backend, input, hx, params,
-                                                        batch_first, batch_sizes)):
+                                                        batch_first, batch_sizes, bidirectional)):
         return D.torch_layers(cell, input, hx, list(params), has_biases, num_layers, dropout,
                               train, bidirectional, batch_first, batch_sizes, relu, call.spec)
     RF._check_consistent(name, input, [], call.parameters())
