@@ -12,8 +12,10 @@ variable ``RNNKERNELS_TEST_BACKENDS`` (comma separated, e.g. ``reference,cpu``).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import warnings
 from typing import TYPE_CHECKING
 
 import pytest
@@ -240,3 +242,16 @@ def assert_same_error(call_torch, call_ours, exact: bool = True, keywords=()) ->
         assert kw.lower() in msg.lower(), f"message {msg!r} does not mention {kw!r}"
     assert msg.strip(), "empty error message"
     return got
+
+
+@contextlib.contextmanager
+def routing_warnings():
+    """The RuntimeWarnings (the backends' once-only routing notices) said inside the block, as a
+    list of messages filled on exit; the once-only memory is cleared first so each test hears
+    them afresh."""
+    backends._warned.clear()
+    said: list[str] = []
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        yield said
+    said.extend(str(w.message) for w in seen if issubclass(w.category, RuntimeWarning))

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 import rnnkernels
-from rnnkernels import backends
-from tests.helpers import MODES, our_class, torch_class
+from tests.helpers import MODES, our_class, routing_warnings, torch_class
 
 LAYERS = ["LSTM", "GRU", "RNN_TANH"]
 CELLS = ["LSTMCell", "GRUCell", "RNNCell_TANH"]
@@ -204,16 +203,13 @@ def test_auto_runs_variants_on_the_reference_and_says_so_once():
     """Layer norm with a peephole has no fused kernel yet (variants.KERNELS, ALONE): auto runs
     it on the reference and says so once; a variant with a fused kernel on the CPU says
     nothing."""
-    backends._warned.clear()
     lstm = rnnkernels.LSTM(5, 6, peephole=True, layer_norm=True)
     x = torch.randn(4, 2, 5)
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
+    with routing_warnings() as said:
         lstm(x)
         lstm(x)
         rnnkernels.LSTM(5, 6, peephole=True, layer_norm=True, backend="reference")(x)
         rnnkernels.LSTM(5, 6, peephole=True)(x)          # the cpu kernel: nothing to say
-    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
     assert said == ["rnnkernels: backend='auto' runs peephole, layer norm on the 'reference' "
                     "backend (plain PyTorch, not fused): no fused kernel for peephole, layer "
                     "norm yet"]

@@ -12,8 +12,6 @@ opcheck of the custom op; the routing (``auto`` picks cpu; proj_size goes to the
 """
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -24,7 +22,7 @@ from rnnkernels.backends import compiled, cpu_variants, reference_variants
 from rnnkernels.cells import CELLS
 from rnnkernels.variants import ScanVariant
 from tests import test_variants as TV
-from tests.helpers import DTYPE_NAMES, assert_close, our_class
+from tests.helpers import DTYPE_NAMES, assert_close, our_class, routing_warnings
 
 _WHY_NOT = backends.why_not("cpu", "cpu", torch.float32)
 pytestmark = pytest.mark.skipif(_WHY_NOT is not None,
@@ -252,13 +250,10 @@ def test_opcheck(case):
 
 # --------------------------------------------------------------------------------- routing
 def test_auto_picks_cpu_and_projection_goes_to_the_reference():
-    backends._warned.clear()
     x = torch.randn(4, 2, 5)
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
+    with routing_warnings() as said:
         rnnkernels.GRU(5, 6, num_heads=2, zoneout=0.1)(x)
         rnnkernels.LSTM(5, 6, peephole=True, proj_size=3)(x)
-    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
     assert said == ["rnnkernels: backend='auto' runs peephole with proj_size > 0 on the "
                     "'reference' backend (plain PyTorch, not fused): no fused kernel for "
                     "peephole with proj_size > 0 yet"]

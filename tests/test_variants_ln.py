@@ -13,17 +13,15 @@ shapes, initial values and ``reset_parameters``, ``state_dict``, ``repr``, error
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkernels
-from rnnkernels import backends
 from tests import test_variants as TV
 from tests import variants_oracle_ln as oracle
-from tests.helpers import DTYPE_NAMES, assert_close
+from tests.helpers import DTYPE_NAMES, assert_close, routing_warnings
 
 I, T, B = TV.I, TV.T, TV.B
 L2B = dict(num_layers=2, bidirectional=True)
@@ -319,12 +317,9 @@ def test_bad_option_raises_torchs_error_type(mode, value, error):
 def test_auto_runs_a_combination_on_the_reference_and_named_backends_refuse():
     """Layer norm alone runs on cpu (tests/test_variants_ln_cpu.py); combined with another
     option no fused kernel has it yet."""
-    backends._warned.clear()
     x = torch.randn(4, 2, 5)
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
+    with routing_warnings() as said:
         rnnkernels.GRU(5, 6, num_heads=2, **LN)(x)
-    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
     assert said == ["rnnkernels: backend='auto' runs head-wise recurrence, layer norm on the "
                     "'reference' backend (plain PyTorch, not fused): no fused kernel for "
                     "head-wise recurrence, layer norm yet"]

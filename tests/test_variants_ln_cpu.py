@@ -14,8 +14,6 @@ reference.
 """
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -26,7 +24,7 @@ from rnnkernels.cells import CELLS
 from rnnkernels.variants import LAYER_NORM_EPS, LayerNormScan, ScanVariant
 from tests import test_variants as TV
 from tests import test_variants_ln as TLN
-from tests.helpers import DTYPE_NAMES, assert_close
+from tests.helpers import DTYPE_NAMES, assert_close, routing_warnings
 from tests.test_cpu_backend import _isa_available
 from tests.test_variants_cpu import on_cpu  # noqa: F401  (fixtures)
 from tests.test_variants_ln import ln_oracle  # noqa: F401
@@ -274,10 +272,8 @@ def test_opcheck(name, zoneout):
 
 # --------------------------------------------------------------------------------- routing
 def test_auto_runs_layer_norm_alone_on_cpu_and_combinations_on_the_reference():
-    backends._warned.clear()
     x = torch.randn(4, 2, 5)
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
+    with routing_warnings() as said:
         torch.manual_seed(0)
         auto = rnnkernels.GRU(5, 6, **LN)
         torch.manual_seed(0)
@@ -286,7 +282,6 @@ def test_auto_runs_layer_norm_alone_on_cpu_and_combinations_on_the_reference():
         rnnkernels.LSTM(5, 6, **LN)(x)
         rnnkernels.LSTM(5, 6, zoneout=(0.2, 0.3), **LN)(x)
         rnnkernels.LSTM(5, 6, peephole=True, **LN)(x)
-    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
     assert said == ["rnnkernels: backend='auto' runs peephole, layer norm on the 'reference' "
                     "backend (plain PyTorch, not fused): no fused kernel for peephole, layer "
                     "norm yet"]
