@@ -89,6 +89,59 @@ def time_fn(fn: Callable, device: torch.device, budget: TimingBudget) -> tuple[l
     return time_cpu(fn, budget), "time.perf_counter"
 
 
+def interleaved(steps: list[Callable], sample: Callable[[Callable], list[float]],
+                min_rounds: int, max_rounds: int | None = None,
+                min_time: float = 0.0) -> list[list[float]]:
+    """Samples of several steps taken in rounds: each round calls ``sample`` once on every step,
+    starting one step further each round (a, b, c; b, c, a; ...), so that drift and bursts of
+    load on a shared machine land on every step alike instead of on whichever was timed
+    during them. At least ``min_rounds`` rounds, then more until ``min_time`` s of rounds have
+    passed, at most ``max_rounds``. One list of samples (ms) per step, in ``steps``' order."""
+    out: list[list[float]] = [[] for _ in steps]
+    deadline = time.perf_counter() + min_time
+    rounds = 0
+    while rounds < min_rounds or (time.perf_counter() < deadline
+                                  and (max_rounds is None or rounds < max_rounds)):
+        n = len(steps)
+        for k in range(n):
+            i = (rounds + k) % n
+            out[i].extend(sample(steps[i]))
+        rounds += 1
+    return out
+
+
+def one_call_ms(fn: Callable) -> list[float]:
+    """One call's time (ms), as a list of samples (``interleaved``'s ``sample``)."""
+    t0 = time.perf_counter()
+    fn()
+    return [(time.perf_counter() - t0) * 1e3]
+
+
+# Rounds of a CUDA measurement: each round is one ``time_cuda`` of 1/CUDA_ROUNDS of the budget.
+CUDA_ROUNDS = 5
+
+
+def time_steps(steps: list[Callable], device: torch.device, budget: TimingBudget
+               ) -> tuple[list[list[float]], str]:
+    """``time_fn`` for several providers of one case at once, their calls interleaved
+    (``interleaved``): on the CPU one call per step a round, ``budget.warmup`` calls of each
+    first, rounds until every step has ``min_reps`` samples and the rounds took ``min_time`` s
+    per step; on CUDA ``CUDA_ROUNDS`` rounds of ``time_cuda`` with a fifth of the budget each."""
+    if device.type == "cuda":
+        part = TimingBudget(min_reps=max(1, budget.min_reps // CUDA_ROUNDS),
+                            max_reps=max(1, budget.max_reps // CUDA_ROUNDS),
+                            warmup_ms=budget.warmup_ms / CUDA_ROUNDS,
+                            rep_time_ms=budget.rep_time_ms / CUDA_ROUNDS)
+        return (interleaved(steps, lambda fn: time_cuda(fn, part), CUDA_ROUNDS),
+                f"cuda-events (L2 flushed per call), {CUDA_ROUNDS} interleaved rounds")
+    for fn in steps:
+        for _ in range(budget.warmup):
+            fn()
+    samples = interleaved(steps, one_call_ms, budget.min_reps, budget.max_reps,
+                          budget.min_time * len(steps))
+    return samples, "time.perf_counter, providers' calls interleaved"
+
+
 # --------------------------------------------------------------------------------------- memory
 _LIBC = None
 

@@ -141,12 +141,6 @@ class Target:
     context: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
 
 
-def _time(step) -> float:
-    t0 = time.perf_counter()
-    step()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def cpu_target(args) -> Target:
     from rnnkernels.backends import compiled  # noqa: PLC0415
     if not compiled.AVAILABLE:
@@ -158,7 +152,7 @@ def cpu_target(args) -> Target:
         print(f"WARNING: 1-min load average {load} on {os.cpu_count()} CPUs: a plan measured "
               "on a busy machine routes by noise", file=sys.stderr)
     return Target("cpu", torch.device("cpu"), lambda: compiled.get_option("cpu_isa"),
-                  lambda dtype: "cpu", lambda step: [_time(step)],
+                  lambda dtype: "cpu", M.one_call_ms,
                   {"cpu_model": env["cpu_model"], "cpu_count": env["cpu_count"],
                    "threads": torch.get_num_threads(), "loadavg_1m": load,
                    "timer": "time.perf_counter, one call a round"},
@@ -221,11 +215,7 @@ def measure_point(target: Target, cell: str, mode: str, dtype: torch.dtype, B: i
     """One plan point: medians over ``reps`` interleaved rounds of each side, and their ratio."""
     ref, ours = _steps(target, cell, mode, dtype, B, Hs, T, seed, bidir)
     ref(), ours()                                           # warm-up (and the one-off costs)
-    t_ref, t_ours = [], []
-    for r in range(reps):
-        pair = ((ref, t_ref), (ours, t_ours))
-        for step, acc in (pair if r % 2 == 0 else pair[::-1]):
-            acc.extend(target.samples(step))
+    t_ref, t_ours = M.interleaved([ref, ours], target.samples, reps, reps)
     m_ref, m_ours = statistics.median(t_ref), statistics.median(t_ours)
     return {"cell": cell, "mode": mode, "dtype": H.dtype_name(dtype), "B": B, "H": Hs, "T": T,
             **({"bidirectional": True} if bidir else {}), "ratio": round(m_ref / m_ours, 4), "torch_ms": round(m_ref, 4),

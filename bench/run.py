@@ -2,8 +2,8 @@
 
 For each config × cell × mode × provider it builds the provider's module with the shared weights,
 runs the timed step once and scores that call against torch.nn (outputs, and in ``fwdbwd`` every
-parameter grad), then times it (median, p20, p80), measures its peak extra memory, and prints a
-table row. Every row is also one JSON line in ``bench/results/<device>-<suite>-<stamp>.jsonl``
+parameter grad); then times the providers of that case together, their calls interleaved
+(median, p20, p80), measures each one's peak extra memory, and prints a table row each. Every row is also one JSON line in ``bench/results/<device>-<suite>-<stamp>.jsonl``
 (next to a PNG of the speedups), self-contained: config, provider, mode, dtype, times, memory,
 error and tolerance, the environment (torch/triton/CUDA/cuDNN versions, device name, CPU
 model, git sha), the thread count and the rnnkernels build measured (``bench/provenance.py``).
@@ -151,33 +151,55 @@ def _stamp() -> str:
 
 
 # ------------------------------------------------------------------------------- measurement
-def measure(case: H.Case, provider: str, mode: str, budget: M.TimingBudget) -> dict:
-    """One record: check the provider's step against torch.nn, time it, measure its memory."""
-    rec = {"kind": "bench", "config": case.cfg.to_dict(), "cell": case.cell, "mode": mode,
-           "provider": provider, "dtype": H.dtype_name(case.dtype), "device": case.device.type,
-           "loadavg_1m": M.loadavg()}
-    module = step = None
+def measure(case: H.Case, providers: list[str], mode: str, budget: M.TimingBudget
+            ) -> list[dict]:
+    """One record per provider of one case and mode: check each provider's step against
+    torch.nn, time all of them together with their calls interleaved (``M.time_steps``: a burst
+    of load on a shared machine hits every provider alike, so the ratios hold even when the
+    absolute times do not), then measure each one's peak memory."""
+    recs, ready = [], []          # ready: (record, module, step) of the providers that run
+    for provider in providers:
+        rec = {"kind": "bench", "config": case.cfg.to_dict(), "cell": case.cell, "mode": mode,
+               "provider": provider, "dtype": H.dtype_name(case.dtype),
+               "device": case.device.type, "loadavg_1m": M.loadavg()}
+        recs.append(rec)
+        try:
+            module, step, rec["error"] = H.checked_step(case, provider, mode)
+            ready.append((rec, module, step))
+        except Exception as exc:  # a provider that cannot run a case is reported, not fatal
+            _failed(rec, exc)
     try:
-        module, step, err = H.checked_step(case, provider, mode)
-        rec["error"] = err
-        samples, timer = M.time_fn(step, case.device, budget)
-        rec["time_ms"] = M.summarize(samples)
-        rec["timer"] = timer
-        mem, kind = M.peak_memory(step, case.device, module)
-        rec["peak_mem_bytes"], rec["mem_kind"] = mem, kind
-        if provider == "torch":
-            rec["impl"] = H.torch_impl(module, case.inputs)
-        elif provider == "auto":
-            rec["impl"] = auto_route(case.cfg, case.cell, mode, case.dtype, case.device)
-        rec["status"] = "ok"
-    except Exception as exc:  # a provider that cannot run a case is reported, not fatal
-        rec["status"] = "failed"
-        rec["failure"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        del module, step
-        if case.device.type == "cuda":
-            torch.cuda.empty_cache()
-    return rec
+        samples, timer = M.time_steps([step for _, _, step in ready], case.device, budget)
+    except Exception:             # which provider raised is not known: time them one by one
+        samples, timer = [], "one provider at a time (an interleaved round raised)"
+        for rec, _, step in ready:
+            try:
+                samples.append(M.time_fn(step, case.device, budget)[0])
+            except Exception as exc:
+                _failed(rec, exc)
+                samples.append(None)
+    for (rec, module, step), times in zip(ready, samples):
+        if times is None:
+            continue
+        try:
+            rec["time_ms"], rec["timer"] = M.summarize(times), timer
+            rec["peak_mem_bytes"], rec["mem_kind"] = M.peak_memory(step, case.device, module)
+            if rec["provider"] == "torch":
+                rec["impl"] = H.torch_impl(module, case.inputs)
+            elif rec["provider"] == "auto":
+                rec["impl"] = auto_route(case.cfg, case.cell, mode, case.dtype, case.device)
+            rec["status"] = "ok"
+        except Exception as exc:
+            _failed(rec, exc)
+    del ready
+    if case.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return recs
+
+
+def _failed(rec: dict, exc: Exception) -> None:
+    rec["status"] = "failed"
+    rec["failure"] = f"{type(exc).__name__}: {exc}"
 
 
 def _providers_for(cfg, device, dtype, explicit: list[str] | None) -> list[str]:
@@ -248,14 +270,13 @@ def run_bench(args, device: torch.device, suite: str, sink) -> list[dict]:
                     progress.advance()
                 continue
             for mode in modes:
-                base = None
-                for prov in providers:
-                    progress.start(f"{cfg.name} {cell} {mode} {prov}")
-                    rec = measure(case, prov, mode, budget)
+                progress.start(f"{cfg.name} {cell} {mode} ({len(providers)} providers)")
+                recs = measure(case, providers, mode, budget)
+                base = next((r.get("time_ms", {}).get("median") for r in recs
+                             if r["provider"] == "torch"), None)
+                for rec in recs:
                     rec["suite"], rec["env"] = suite, env
                     med = (rec.get("time_ms") or {}).get("median")
-                    if prov == "torch":
-                        base = med
                     rec["speedup"] = (base / med) if (base and med) else None
                     records.append(rec)
                     sink(rec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -117,6 +118,17 @@ def test_time_cpu_respects_budget():
     stats = M.summarize([1.0, 2.0, 3.0, 4.0, 5.0])
     assert stats["median"] == 3.0 and stats["p20"] == pytest.approx(1.8) \
         and stats["p80"] == pytest.approx(4.2) and stats["n"] == 5
+
+
+def test_providers_calls_are_interleaved_in_rotating_order():
+    calls = []
+    steps = [lambda n=n: calls.append(n) for n in "abc"]
+    samples, timer = M.time_steps(steps, torch.device("cpu"),
+                                  M.TimingBudget(warmup=1, min_time=0.0, min_reps=3, max_reps=9))
+    assert calls == list("abc") + list("abc" "bca" "cab")    # warm-up, then rotating rounds
+    assert [len(s) for s in samples] == [3, 3, 3] and "interleaved" in timer
+    slow = M.interleaved([lambda: time.sleep(0.002), lambda: None], M.one_call_ms, 2, 2)
+    assert min(slow[0]) >= 2.0 > max(slow[1])          # each step's samples are its own
 
 
 def test_cpu_peak_memory_sees_a_transient_allocation():
