@@ -10,7 +10,8 @@ relative RMS against the float32 reference. Every buffer the backend allocates i
 (``launch.empty`` is patched), so an element the kernels forget to write fails the comparison; the
 exact zeros the contract requires at t ≥ L_b are checked separately. Both launch strategies are
 forced, with the default tiles and with 16-wide tiles that split H=33 into three tiles and the
-reductions into several K chunks.
+reductions into several K chunks; and the ``resident`` strategy (one GEMV per row below 16 rows,
+tl.dot in batch groups of 16 above).
 
 Ids: ``{cell}-T{T}-B{B}-H{H}[-proj][-rev][-lengths]-{dtype}-{strategy}[-tiles16]``.
 """
@@ -95,6 +96,14 @@ def _cases():
         out.append(Case(cell, 6, 3, 33, lengths=[6, 2, 5], rev=True, dtype="fp16",
                         strategy="persistent", **kw))
         out.append(Case(cell, 6, 3, 33, lengths=[3, 6, 1], dtype="bf16", strategy="step", **kw))
+        # resident (its own kernels; with a projection the launcher takes auto's strategy):
+        # B = 3 one GEMV per row, tiles16 one tl.dot of 16 rows and 16 units a program
+        out.append(Case(cell, 7, 3, 33, lengths=[7, 1, 4], strategy="resident", **kw))
+        out.append(Case(cell, 7, 3, 33, lengths=[2, 7, 1], rev=True, strategy="resident",
+                        tiles16=True, **kw))
+        out.append(Case(cell, 1, 3, 33, strategy="resident", **kw))
+        out.append(Case(cell, 5, 17, 20, lengths=[5, 1, 3, 2] * 4 + [4], rev=True,
+                        dtype="fp16", strategy="resident", **kw))
     # one row, several batch tiles, a projection wider than H, and one long sequence
     out.append(Case("GRU", 3, 1, 16, lengths=[2], rev=True, strategy="persistent"))
     out.append(Case("GRU", 4, 19, 20, lengths=[4, 1, 3, 2] * 4 + [4, 2, 1], strategy="step",

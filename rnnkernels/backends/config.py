@@ -72,7 +72,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "on = backend='auto' hands a call to torch's own RNN where the measured plan "
             "(rnnkernels/plans/) says torch's kernel is faster; off = never for speed"),
     Setting("triton_strategy", "RNNKERNELS_TRITON_STRATEGY", "auto",
-            ("auto", "step", "persistent", "persistent-grid"),
+            ("auto", "step", "persistent", "persistent-grid", "resident"),
             "the Triton launch strategy (the context manager backends.triton.strategy wins)"),
     Setting("triton_graphs", "RNNKERNELS_TRITON_GRAPHS", "1", ("0", "1", "false", "true"),
             "CUDA-graph replay of the Triton 'step' strategy from a signature's second call"),

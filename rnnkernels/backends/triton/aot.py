@@ -4,7 +4,7 @@
 
 Runs triton's whole GPU pipeline (frontend → TTIR → TTGIR → LLVM → PTX → ptxas) on each
 kernel in each variant the launcher uses (step, persistent, persistent-grid; with and without
-the LSTM projection; every dtype), with the constexprs of ``launch.launches`` and the tile sizes
+the LSTM projection; every dtype; ``resident`` at the sizes of ``_RESIDENT_*``), with the constexprs of ``launch.launches`` and the tile sizes
 ``plan.make_plan`` picks on a GPU.
 The interpreter cannot find what only the compiler rejects (a type that does not lower, a
 construct the GPU backend lacks) nor register spills; this can, with no device. It prints
@@ -25,7 +25,8 @@ from .. import config
 
 # dtype of each pointer: the data tensors in the scan's dtype, lengths int64, the barrier
 # counters int32, everything else (workspaces, states, carries, scratch) fp32
-_DATA = {"xp", "w_hh", "w_hr", "b_hn", "out", "grad_out", "grad_hn", "c0", "h0", "dxp", "dh0"}
+_DATA = {"xp", "w_hh", "w_hr", "b_hn", "out", "grad_out", "grad_hn", "c0", "h0", "n0", "m0",
+         "dxp", "dh0"}
 _TRITON_DT = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 _SYNC = {"step": 0, "persistent": 1, "persistent-grid": 2}
 # (cell, backward, strategy, the cell's flags): every kernel in each variant its launcher uses
@@ -40,7 +41,19 @@ _CASES = [
     ("gru", True, "step", {}), ("gru", True, "persistent-grid", {}),
     ("rnn", False, "step", {"RELU": False}), ("rnn", False, "persistent-grid", {"RELU": True}),
     ("rnn", True, "step", {"RELU": True}), ("rnn", True, "persistent-grid", {"RELU": False}),
+    # the sLSTM (one program a head, ``slstm_kernels.py``): heads of d = 64 (DP) and 128
+    ("slstm", False, "persistent", {"NH": 4, "DP": 64}),
+    ("slstm", True, "persistent", {"NH": 4, "DP": 64}),
+    ("slstm", False, "step", {"NH": 4, "DP": 128}), ("slstm", True, "step", {"NH": 4, "DP": 128}),
 ]
+
+
+# The ``resident`` strategy (resident.py): (cell, backward, B, H) at the H200's 132 SMs; the
+# plan (resident_launch.make_plan) picks the rows, units and warps of each.
+_RESIDENT_SMS = 132
+_RESIDENT_QUICK = [(c, bwd, 16, 512) for c in ("lstm", "gru", "rnn") for bwd in (False, True)]
+_RESIDENT_FULL = [(c, bwd, B, H) for c in ("lstm", "gru", "rnn") for bwd in (False, True)
+                  for B in (1, 16, 64) for H in (512, 1024)]
 
 
 def _variants(quick: bool):
@@ -48,11 +61,13 @@ def _variants(quick: bool):
     ``quick``: the most involved variant of each kernel (persistent-grid)."""
     out = []
     for cell, backward, strat, flags in _CASES:
-        if quick and strat != "persistent-grid":
+        if quick and strat != "persistent-grid":      # the sLSTM has none: not in --quick
             continue
         label = f"{cell}_{'bwd' if backward else 'fwd'} {strat}"
         if flags.get("PROJ"):
             label += " proj"
+        if "DP" in flags:
+            label += f" d{flags['DP']}"
         out.append((label, cell, backward, strat, flags))
     return out
 
@@ -79,8 +94,9 @@ def compile_all(arch: int = 90, dtypes=("fp16", "bf16", "fp32"), quick: bool = F
     import torch
     from triton.backends.compiler import GPUTarget
 
-    from . import gru, launch, lstm, plan, rnn
-    tables = {"lstm": lstm.KERNELS, "gru": gru.KERNELS, "rnn": rnn.KERNELS}
+    from . import gru, launch, lstm, plan, rnn, slstm_kernels
+    tables = {"lstm": lstm.KERNELS, "gru": gru.KERNELS, "rnn": rnn.KERNELS,
+              "slstm": slstm_kernels.KERNELS}
     failures = 0
     target = GPUTarget("cuda", arch, 32)
     for dt in dtypes:
@@ -90,6 +106,8 @@ def compile_all(arch: int = 90, dtypes=("fp16", "bf16", "fp32"), quick: bool = F
             fn = kernels.backward if backward else kernels.forward
             with plan.strategy("step" if strat == "persistent-grid" else strat):
                 pl = plan.make_plan(torch.device("cpu"), torch_dt, 64, 256, 256, True)
+            if kernels.head_programs:
+                pl = launch._head_plan(pl, flags)
             known = dict(HAS_LEN=True, REVERSE=True, SAVE=True, G=kernels.cell.gates,
                          DOT_F32=dt == "fp32" or (dt == "bf16" and arch < 80),
                          BB=pl.BB, BH=pl.BH, BK=pl.BK, **flags)
@@ -98,7 +116,30 @@ def compile_all(arch: int = 90, dtypes=("fp16", "bf16", "fp32"), quick: bool = F
                 name = label + (f"/{_phase_label(kernels, backward, consts)}"
                                 if len(each) > 1 else "")
                 failures += _compile_one(fn, consts, dt, pl, target, f"sm_{arch} {dt} {name}")
+        for cell, backward, B, H in _RESIDENT_QUICK if quick else _RESIDENT_FULL:
+            failures += _compile_resident(cell, backward, B, H, dt, torch_dt, arch, target)
     return failures
+
+
+def _compile_resident(cell, backward, B, H, dt, torch_dt, arch, target) -> int:
+    """One build of a ``resident`` kernel with the constexprs its launcher passes."""
+    import torch
+    from ...cells import CELLS
+    from . import resident, resident_launch as RL
+    spec = CELLS[cell]
+    pl = RL.make_plan(spec, torch.device("cpu"), torch_dt, B, H, {}, num_sms=_RESIDENT_SMS)
+    consts = dict(CELL=RL._CELL_CODE[cell], RELU=False, HAS_LEN=True, REVERSE=True, SYNC=2,
+                  DOT_F32=dt == "fp32" or (dt == "bf16" and arch < 80), G=spec.gates,
+                  G4=RL.padded_gates(spec), BB=pl.BB, U=pl.BH, KP=pl.BK)
+    if backward:
+        consts["RB"] = RL.partial_rows(pl)
+        fn = resident._resident_bwd_kernel
+    else:
+        consts.update(HAS_BHN=cell == "gru", SAVE=True)
+        fn = resident._resident_fwd_kernel
+    label = (f"sm_{arch} {dt} {cell}_{'bwd' if backward else 'fwd'} resident B={B} H={H} "
+             f"[{pl.nprog_h} programs × BB={pl.BB} U={pl.BH}, {pl.num_warps} warps]")
+    return _compile_one(fn, consts, dt, pl, target, label)
 
 
 def _phase_label(kernels, backward: bool, consts: dict) -> str:

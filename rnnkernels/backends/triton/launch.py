@@ -45,6 +45,7 @@ import torch
 from ...cells import CellSpec, acc_dtype
 from . import graphs as _graphs
 from . import plan as _plan
+from . import resident_launch as _resident
 
 PROJ_PHASE = "PROJ"             # the phase (and flag) of a projection cell that needs W_hr
 # The recurrent variants (docs/VARIANTS.md; ``variants.py``) are options of the cells' kernels:
@@ -207,6 +208,10 @@ def _run(kernels: Kernels, backward: bool, bufs: dict, writes: tuple, sizes: dic
     T, B = sizes["T"], sizes["B"]
     if B == 0:
         return
+    if pl.strategy == "resident":
+        with device_guard(ref):
+            _resident.run(kernels.cell, backward, bufs, sizes, known, pl, check_sync)
+        return
     fn = kernels.backward if backward else kernels.forward
     sig = kernels.signatures[backward]
     each = launches(kernels, backward, known, pl.sync)
@@ -240,7 +245,9 @@ def _common(kernels: Kernels, ref: torch.Tensor, w_hh, h0, lengths, reverse, fla
     B, P = h0.shape
     H = spec.hidden_size(w_hh)
     proj = bool(flags.get(PROJ_PHASE, False))
-    pl = _plan.make_plan(ref.device, ref.dtype, B, H, P, proj)
+    # ``resident`` runs the plain cells (resident.py); the others take auto's strategy there
+    plain = not proj and not any(flags.get(k) for k in VARIANT_FLAGS)
+    pl = _plan.make_plan(ref.device, ref.dtype, B, H, P, proj, cell=spec if plain else None)
     known = dict(HAS_LEN=lengths is not None, REVERSE=bool(reverse), G=spec.gates,
                  DOT_F32=pl.dot_f32, BB=pl.BB, BH=pl.BH, BK=pl.BK, **flags)
     return spec, B, H, P, proj, pl, known

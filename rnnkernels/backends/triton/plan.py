@@ -23,13 +23,23 @@ Strategies (see ``launch.py`` for the step order and phases, the cell modules fo
     flag that makes the launcher raise rather than hang. It would deadlock under the interpreter
     (programs run sequentially), so it refuses to run there.
 
+``resident`` (CUDA: one launch; interpreter: one launch per step)
+    Grid-persistent like ``persistent-grid``, but each program owns whole gate groups of its
+    units ([unit][gate] layout of W_hh) and loads its W_hh slice once, before the time loop:
+    per step it reads only h_{t-1} and meets the others at one barrier (acquire-load spin);
+    the backward sums the programs' partial dg·W slices instead of a 4H-long serial loop.
+    Plain cells only (no projection, no variants: those take ``auto``'s strategy); its own
+    kernels and plan (``resident.py``, ``resident_launch.py``). Not picked by ``auto`` until a
+    GPU run has measured it.
+
 ``auto`` (see ``_auto_strategy``): ``persistent`` when one program has at most 4 tile products
 per step, ``persistent-grid`` on a GPU up to H, P ≤ 256 when every program gets at most 2
 hidden tiles, else ``step``; under the interpreter ``persistent`` up to 16 tile products, else
 ``step``. ``triton.autotune`` is not used because a persistent launch consumes its state buffers
 (the tuner's repeated runs would start from a wrong h0).
 
-Override with ``RNNKERNELS_TRITON_STRATEGY=step|persistent|persistent-grid`` (read through
+Override with ``RNNKERNELS_TRITON_STRATEGY=step|persistent|persistent-grid|resident`` (read
+through
 ``backends/config.py``) or the ``strategy(...)`` context manager (the context manager wins);
 tile sizes with ``tuning(...)`` (tests use it to force several hidden/K tiles at small sizes).
 The measurements behind these rules: ``bench/results/gpu-h200-20261126/README.md``, section
@@ -120,7 +130,7 @@ def _num_sms(device: torch.device) -> int:
 
 @dataclass(frozen=True)
 class Plan:
-    strategy: str       # "step" | "persistent" | "persistent-grid"
+    strategy: str       # "step" | "persistent" | "persistent-grid" | "resident"
     BB: int             # batch rows per program
     BH: int             # hidden (output) units per tile
     BK: int             # reduction chunk of the recurrent products
@@ -204,11 +214,16 @@ def _auto_strategy(device: torch.device, dtype: torch.dtype, B: int, H: int, P: 
 
 
 def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int,
-              has_proj: bool) -> Plan:
-    """The strategy and launch configuration of one scan (forward or backward)."""
+              has_proj: bool, cell=None) -> Plan:
+    """The strategy and launch configuration of one scan (forward or backward). ``cell``: the
+    CellSpec of a scan that ``resident`` can run (a plain cell, no projection, no variants);
+    None sends a request for ``resident`` to ``auto``'s choice."""
     name = requested_strategy()
     tune = _tuning.get()
-    if name == "auto":
+    if name == "resident" and cell is not None:
+        from . import resident_launch  # noqa: PLC0415 - resident_launch imports this module
+        return resident_launch.make_plan(cell, device, dtype, B, H, tune)
+    if name in ("auto", "resident"):
         name = _auto_strategy(device, dtype, B, H, P, has_proj)
     if name == "persistent-grid" and INTERPRET:
         raise RuntimeError("rnnkernels triton backend: strategy 'persistent-grid' spins on a grid "

@@ -1,0 +1,341 @@
+"""The ``resident`` strategy (issue 12): grid-persistent scans whose programs load their slice of
+W_hh once, before the time loop, and keep it on chip for the whole sequence.
+
+Ownership. Program (g, c) owns the batch rows g·BB .. g·BB+BB-1 and the hidden units
+c·U .. c·U+U-1 with *every gate* of those units: ``reorder`` lays W_hh's rows out as
+[unit][gate] (the gate count padded to G4, a power of two, with zero rows), so the program's
+N = U·G4 rows are one contiguous [N, H] block. It is loaded into registers before the loop
+(``aot.py`` reports the registers and spills of every build; the launcher picks U and the warps so
+that the block is at most 64 registers a thread). The cell update of a unit needs no other
+program's data, so c and the carried gradients stay in registers too.
+
+Forward, step s (one grid barrier per step)::
+
+    load xp_t of the own units                  (before the wait: not behind the barrier)
+    wait until the group's programs wrote h_{s-1}
+    acc [BB, N] = h_{s-1} [BB, H] · W_ownᵀ       (tl.dot; BB < 16: one GEMV per row, no padding)
+    gates of the U units from acc; the cell; c in registers
+    write h_s (own units, both its consumers read it from L2), out, the workspaces; arrive
+
+Backward, step s (carries dh, dc of the own units in registers; one barrier per step)::
+
+    wait until the group wrote its partials of step s+1
+    dh_t = Σ_programs partial_{s+1}[own units] (+ the GRU's local dh⊙z) + grad_out_t
+    dg (the own rows' gate gradients, ``cell.py``'s formulas); dxp_t = dg
+    partial_s [BB, H] = dg [BB, N] · W_own: this program's share of dh_{t-1}; arrive
+
+so the K = G·H reduction of dg·W_hh is spread over the programs (each multiplies only its own N
+rows) and summed by the owners of the units after the barrier: there is no 4H-long serial loop.
+The s = -1 pass only sums the partials of step 0 into dh0. dW_hh and dx stay one GEMM each after
+the scan (the op's, as for every strategy).
+
+The barrier (``_arrive`` / ``_wait``) is a monotonically growing int32 counter per batch group:
+arrive = CTA barrier, then one release atomic add; wait = spin on an acquire *load* (inline PTX
+``ld.acquire.gpu``, not an atomic read-modify-write, so the spinning programs do not contend for
+the line the others are adding to), with the timeout flag of ``tiles.phase_sync``. Launched
+cooperatively (``plan.Plan.launch_options``), never with more programs than SMs.
+
+Under ``TRITON_INTERPRET=1`` (programs run one after another) the same kernels run one step per
+launch (SYNC=0: the launch boundary is the barrier) and carry their registers (c, dh, dc) through
+global buffers between launches, so CI proves exactly this code on the CPU.
+
+Not covered (the launcher uses the other strategies there): the LSTM projection and the recurrent
+variants. ``auto`` does not pick ``resident`` until a GPU sweep has measured it
+(``bench/gpu.sh``); force it with ``strategy("resident")`` or RNNKERNELS_TRITON_STRATEGY.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import plan as _plan
+from .cell import gru_cell_bwd, gru_cell_fwd, lstm_cell_bwd, lstm_cell_fwd, mma, rnn_cell_bwd, \
+    rnn_cell_fwd
+from .tiles import (forward_step, load_tile, ping_pong, previous_state, program_tile,
+                    step_schedule, store_tile)
+
+# ------------------------------------------------------------------------------------ barrier
+@triton.jit
+def _arrive(counter):
+    """This program's writes of the step are done: every thread's (CTA barrier), then published
+    with one release add."""
+    tl.debug_barrier()
+    tl.atomic_add(counter, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _wait(counter, target, flag):
+    """Spin until ``counter`` reaches ``target``, reading it with an acquire load (after which the
+    writes the arrivals released are visible). A spin past 2**22 polls (seconds) means the
+    programs are not co-resident: set ``flag`` and go on, so the launcher raises (never a hang)."""
+    seen = tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [counter],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+    polls = 0
+    while (seen < target) & (polls < 4194304):
+        seen = tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l",
+                                         [counter], dtype=tl.int32, is_pure=False, pack=1)
+        polls += 1
+    if seen < target:
+        tl.atomic_xchg(flag, 1)
+    tl.debug_barrier()
+
+
+# ------------------------------------------------------------------------------ gate layout
+@triton.jit
+def _split_gates(acc, BB: tl.constexpr, U: tl.constexpr, G4: tl.constexpr):
+    """[BB, U·G4] (row u·G4 + g) → the G4 gates as [BB, U] each (G4 = 1: acc itself)."""
+    if G4 == 1:
+        return acc, acc, acc, acc
+    else:
+        x0, x1 = tl.split(tl.reshape(acc, [BB, U, 2, 2]))   # g = 2i + j: x_j[..., i]
+        g0, g2 = tl.split(x0)
+        g1, g3 = tl.split(x1)
+        return g0, g1, g2, g3
+
+
+@triton.jit
+def _join_gates(g0, g1, g2, g3, BB: tl.constexpr, U: tl.constexpr, G4: tl.constexpr):
+    """The inverse of ``_split_gates``."""
+    if G4 == 1:
+        return g0
+    else:
+        return tl.reshape(tl.join(tl.join(g0, g2), tl.join(g1, g3)), [BB, U * G4])
+
+
+# ------------------------------------------------------------------------------- products
+@triton.jit
+def _gate_product(h_cur, rows64, rmask, w_t, ks, kmask, B, H, DOT_F32: tl.constexpr,
+                  BB: tl.constexpr, N: tl.constexpr):
+    """[BB, N] = h [BB, H] · W_own ᵀ with W_ownᵀ = w_t [KP, N] resident. BB < 16 (tl.dot's
+    minimum): one GEMV per row, so a batch of 1 does not pay for 16."""
+    if BB >= 16:
+        h = load_tile(h_cur, rows64 * H, rmask, ks, kmask)
+        return mma(tl.zeros([BB, N], tl.float32), h, w_t, DOT_F32)
+    else:
+        acc = tl.zeros([BB, N], tl.float32)
+        rid = tl.arange(0, BB)
+        w32 = w_t.to(tl.float32)
+        for r in tl.static_range(BB):
+            row = tl.program_id(0) * BB + r
+            h_r = tl.load(h_cur + row.to(tl.int64) * H + ks, mask=kmask & (ks * 0 + row < B),
+                          other=0.0)
+            acc_r = tl.sum(w32 * h_r.to(tl.float32)[:, None], axis=0)
+            acc = tl.where(rid[:, None] == r, acc_r[None, :], acc)
+        return acc
+
+
+@triton.jit
+def _store_partial(part, dg, w, rows64, rmask, ks, kmask, B, H, DOT_F32: tl.constexpr,
+                   BB: tl.constexpr, KP: tl.constexpr):
+    """part[rows] = dg [BB, N] · W_own [N, KP]: this program's share of dh_{t-1} (all units)."""
+    if BB >= 16:
+        prod = mma(tl.zeros([BB, KP], tl.float32), dg, w, DOT_F32)
+        store_tile(part, rows64 * H, rmask, ks, kmask, prod)
+    else:
+        rid = tl.arange(0, BB)
+        w32 = w.to(tl.float32)
+        for r in tl.static_range(BB):
+            row = tl.program_id(0) * BB + r
+            dg_r = tl.sum(tl.where(rid[:, None] == r, dg, 0.0), axis=0)
+            tl.store(part + row.to(tl.int64) * H + ks, tl.sum(w32 * dg_r[:, None], axis=0),
+                     mask=kmask & (ks * 0 + row < B))
+
+
+@triton.jit
+def _sum_partials(part, nprog, rows64, mask, units, umask, B, H, BB: tl.constexpr,
+                  U: tl.constexpr, RB: tl.constexpr):
+    """Σ over the group's programs of their partials at the own units, RB programs a load."""
+    acc = tl.zeros([BB, U], tl.float32)
+    off = rows64[:, None] * H + units[None, :]
+    m2 = mask[:, None] & umask[None, :]
+    for p0 in range(0, nprog, RB):
+        ps = p0 + tl.arange(0, RB)
+        offs = (ps.to(tl.int64) * B * H)[:, None, None] + off[None, :, :]
+        vals = tl.load(part + offs, mask=(ps < nprog)[:, None, None] & m2[None, :, :], other=0.0)
+        acc += tl.sum(vals, axis=0)
+    return acc
+
+
+_plan.interpreter_direct_calls(globals(), ["_split_gates", "_join_gates", "_gate_product",
+                                           "_store_partial", "_sum_partials"])
+
+
+# ------------------------------------------------------------------------------------ kernels
+@triton.jit
+def _own_slice(w_ptr, lens_ptr, B, T, H, HAS_LEN: tl.constexpr, TRANSPOSED: tl.constexpr,
+               BB: tl.constexpr, U: tl.constexpr, N: tl.constexpr, KP: tl.constexpr):
+    """The program's rows (``tiles.program_tile``), its units, the K axis and its resident block
+    of the reordered W_hh [programs, N, H]: [KP, N] (TRANSPOSED, forward) or [N, KP]."""
+    rmask, rows64, L, pid_c, nprog = program_tile(lens_ptr, B, T, HAS_LEN, BB)
+    units = pid_c * U + tl.arange(0, U)
+    ks = tl.arange(0, KP)
+    kmask = ks < H
+    n = tl.arange(0, N)
+    base = w_ptr + pid_c.to(tl.int64) * N * H
+    if TRANSPOSED:
+        w = tl.load(base + n[None, :] * H + ks[:, None], mask=kmask[:, None], other=0.0)
+    else:
+        w = tl.load(base + n[:, None] * H + ks[None, :], mask=kmask[None, :], other=0.0)
+    return rmask, rows64, L, nprog, units, units < H, ks, kmask, w
+
+
+@triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
+def _resident_fwd_kernel(
+        xp_ptr, w_ptr, b_hn_ptr, lens_ptr, out_ptr, gates_ptr, ws_ptr, h_ptr, c_ptr, sync_ptr,
+        s_first, n_steps, T, B, H,
+        CELL: tl.constexpr, RELU: tl.constexpr, HAS_BHN: tl.constexpr, HAS_LEN: tl.constexpr,
+        REVERSE: tl.constexpr, SAVE: tl.constexpr, SYNC: tl.constexpr, DOT_F32: tl.constexpr,
+        G: tl.constexpr, G4: tl.constexpr, BB: tl.constexpr, U: tl.constexpr,
+        KP: tl.constexpr):
+    """Forward steps s_first .. s_first+n_steps-1 (the module docstring). CELL 0 LSTM, 1 GRU,
+    2 RNN (RELU); the recurrence and the workspaces are the plain kernels' (``lstm.py``,
+    ``gru.py``, ``rnn.py``): LSTM saves the gates and c_t (``ws``), GRU the gates and
+    hn_lin = h·W_hnᵀ + b_hn (``ws``), RNN nothing."""
+    rmask, rows64, L, nprog, units, umask, ks, kmask, w_t = _own_slice(
+        w_ptr, lens_ptr, B, T, H, HAS_LEN, True, BB, U, U * G4, KP)
+    counter = sync_ptr + tl.program_id(0)
+    first = (s_first % 2).to(tl.int64)
+    h_own = load_tile(h_ptr + first * B * H, rows64 * H, rmask, units, umask)
+    c_own = h_own
+    if CELL == 0:
+        c_own = load_tile(c_ptr + first * B * H, rows64 * H, rmask, units, umask)
+    b_hn = 0.0
+    if HAS_BHN:
+        b_hn = tl.load(b_hn_ptr + units, mask=umask, other=0.0).to(tl.float32)[None, :]
+    for it in range(0, n_steps):
+        s, active, act2, t, cur = forward_step(s_first, it, L, rmask, REVERSE)
+        h_cur, h_nxt = ping_pong(h_ptr, cur, B, H)
+        g_row = (t * B + rows64) * (G * H)
+        x0 = load_tile(xp_ptr, g_row, rmask, units, umask)
+        x1 = x0
+        x2 = x0
+        x3 = x0
+        if G > 1:
+            x1 = load_tile(xp_ptr, g_row + H, rmask, units, umask)
+            x2 = load_tile(xp_ptr, g_row + 2 * H, rmask, units, umask)
+        if G > 3:
+            x3 = load_tile(xp_ptr, g_row + 3 * H, rmask, units, umask)
+        if SYNC == 2:
+            if it > 0:
+                _wait(counter, it * nprog, sync_ptr + tl.num_programs(0))
+        acc = _gate_product(h_cur, rows64, rmask, w_t, ks, kmask, B, H, DOT_F32, BB, U * G4)
+        a0, a1, a2, a3 = _split_gates(acc, BB, U, G4)
+        u_row = (t * B + rows64) * H
+        if CELL == 0:
+            i, f, u, o, c, h_new = lstm_cell_fwd(x0 + a0, x1 + a1, x2 + a2, x3 + a3, c_own,
+                                                 0.0, 0.0, 0.0, False)
+            c_own = tl.where(act2, c, c_own)
+            if SAVE:
+                store_tile(gates_ptr, g_row, active, units, umask, i)
+                store_tile(gates_ptr, g_row + H, active, units, umask, f)
+                store_tile(gates_ptr, g_row + 2 * H, active, units, umask, u)
+                store_tile(gates_ptr, g_row + 3 * H, active, units, umask, o)
+                store_tile(ws_ptr, u_row, active, units, umask, c)
+        elif CELL == 1:
+            hn_lin = a2 + b_hn
+            r, z, n, h_new = gru_cell_fwd(x0, x1, x2, a0, a1, hn_lin, h_own)
+            if SAVE:
+                store_tile(gates_ptr, g_row, active, units, umask, r)
+                store_tile(gates_ptr, g_row + H, active, units, umask, z)
+                store_tile(gates_ptr, g_row + 2 * H, active, units, umask, n)
+                store_tile(ws_ptr, u_row, active, units, umask, hn_lin)
+        else:
+            h_new = rnn_cell_fwd(x0 + a0, RELU)
+        h_own = tl.where(act2, h_new, h_own)
+        store_tile(h_nxt, rows64 * H, rmask, units, umask, h_own)
+        store_tile(out_ptr, u_row, rmask, units, umask, tl.where(act2, h_new, 0.0))
+        if SYNC == 2:
+            _arrive(counter)
+    if CELL == 0:   # c left the registers only here: the half the next step (launch) reads
+        last = ((s_first + n_steps) % 2).to(tl.int64)
+        store_tile(c_ptr + last * B * H, rows64 * H, rmask, units, umask, c_own)
+
+
+@triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
+def _resident_bwd_kernel(
+        grad_out_ptr, h0_ptr, c0_ptr, w_ptr, lens_ptr, out_ptr, gates_ptr, ws_ptr, dxp_ptr,
+        dh0_ptr, dh_ptr, dc_ptr, loc_ptr, part_ptr, sync_ptr,
+        s_first, n_steps, T, B, H,
+        CELL: tl.constexpr, RELU: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
+        SYNC: tl.constexpr, DOT_F32: tl.constexpr, G: tl.constexpr, G4: tl.constexpr,
+        BB: tl.constexpr, U: tl.constexpr, KP: tl.constexpr, RB: tl.constexpr):
+    """Backward steps s_first, s_first-1, ... down to -1 (the module docstring). Carries of the
+    own units: dh (∂L/∂h entering the step; grad_hn until the row's last step), dc (LSTM),
+    loc (GRU: dh⊙z, the part of ∂L/∂h_{t-1} that bypasses W_hh), kept in registers and in the
+    buffers ``dh``, ``dc``, ``loc`` between launches. ``part`` [2, programs, B, H]: each
+    program's dg·W_own by step parity."""
+    rmask, rows64, L, nprog, units, umask, ks, kmask, w = _own_slice(
+        w_ptr, lens_ptr, B, T, H, HAS_LEN, False, BB, U, U * G4, KP)
+    counter = sync_ptr + tl.program_id(0)
+    pid_c = tl.program_id(1).to(tl.int64)
+    dh_own = load_tile(dh_ptr, rows64 * H, rmask, units, umask)
+    dc_own = dh_own
+    loc_own = tl.zeros([BB, U], tl.float32)
+    if CELL == 0:
+        dc_own = load_tile(dc_ptr, rows64 * H, rmask, units, umask)
+    if CELL == 1:
+        loc_own = load_tile(loc_ptr, rows64 * H, rmask, units, umask)
+    for it in range(0, n_steps):
+        s = s_first - it
+        active, t = step_schedule(s, L, rmask, REVERSE)
+        act2 = active[:, None]
+        act_next = ((s + 1) < L) & rmask
+        if s < T - 1:
+            if SYNC == 2:
+                if it > 0:
+                    _wait(counter, it * nprog, sync_ptr + tl.num_programs(0))
+            par = ((s + 1) % 2).to(tl.int64)
+            rec = _sum_partials(part_ptr + par * nprog * B * H, nprog, rows64, act_next, units,
+                                umask, B, H, BB, U, RB)
+            dh_own = tl.where(act_next[:, None], rec + loc_own, dh_own)
+        if s >= 0:
+            u_row = (t * B + rows64) * H
+            g_row = (t * B + rows64) * (G * H)
+            dh_t = dh_own + load_tile(grad_out_ptr, u_row, rmask, units, umask)
+            if CELL == 0:
+                i = load_tile(gates_ptr, g_row, active, units, umask)
+                f = load_tile(gates_ptr, g_row + H, active, units, umask)
+                u = load_tile(gates_ptr, g_row + 2 * H, active, units, umask)
+                o = load_tile(gates_ptr, g_row + 3 * H, active, units, umask)
+                c = load_tile(ws_ptr, u_row, active, units, umask)
+                c_prev = previous_state(ws_ptr, c0_ptr, s, t, active, rows64, B, H, units, umask,
+                                        REVERSE)
+                d0, d1, d2, d3, dc_prev = lstm_cell_bwd(dh_t, dc_own, i, f, u, o, c, c_prev,
+                                                        0.0, 0.0, 0.0, False)
+                dc_own = tl.where(act2, dc_prev, dc_own)
+                r0, r1, r2, r3 = d0, d1, d2, d3
+            elif CELL == 1:
+                r = load_tile(gates_ptr, g_row, active, units, umask)
+                z = load_tile(gates_ptr, g_row + H, active, units, umask)
+                n = load_tile(gates_ptr, g_row + 2 * H, active, units, umask)
+                hn_lin = load_tile(ws_ptr, u_row, active, units, umask)
+                h_prev = previous_state(out_ptr, h0_ptr, s, t, active, rows64, B, H, units,
+                                        umask, REVERSE)
+                d0, d1, d2, r2, loc_own = gru_cell_bwd(dh_t, r, z, n, hn_lin, h_prev)
+                d3 = tl.zeros([BB, U], tl.float32)   # the padding gate: exact zeros, never NaN
+                r0, r1, r3 = d0, d1, d3
+            else:
+                h = load_tile(out_ptr, u_row, active, units, umask)
+                d0 = rnn_cell_bwd(dh_t, h, RELU)
+                d1, d2, d3 = d0, d0, d0
+                r0, r1, r2, r3 = d0, d0, d0, d0
+            store_tile(dxp_ptr, g_row, rmask, units, umask, tl.where(act2, d0, 0.0))
+            if G > 1:
+                store_tile(dxp_ptr, g_row + H, rmask, units, umask, tl.where(act2, d1, 0.0))
+                store_tile(dxp_ptr, g_row + 2 * H, rmask, units, umask, tl.where(act2, d2, 0.0))
+            if G > 3:
+                store_tile(dxp_ptr, g_row + 3 * H, rmask, units, umask, tl.where(act2, d3, 0.0))
+            dg = tl.where(act2, _join_gates(r0, r1, r2, r3, BB, U, G4), 0.0)
+            par = (s % 2).to(tl.int64)
+            _store_partial(part_ptr + (par * nprog + pid_c) * B * H, dg, w, rows64, rmask, ks,
+                           kmask, B, H, DOT_F32, BB, KP)
+            if SYNC == 2:
+                _arrive(counter)
+        else:
+            store_tile(dh0_ptr, rows64 * H, rmask, units, umask, dh_own)
+    store_tile(dh_ptr, rows64 * H, rmask, units, umask, dh_own)
+    if CELL == 0:
+        store_tile(dc_ptr, rows64 * H, rmask, units, umask, dc_own)
+    if CELL == 1:
+        store_tile(loc_ptr, rows64 * H, rmask, units, umask, loc_own)

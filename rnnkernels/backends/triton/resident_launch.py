@@ -1,0 +1,113 @@
+"""Host side of the ``resident`` strategy (kernels and design: ``resident.py``): its plan, the
+[unit][gate] layout of W_hh, and the launches. ``launch._run`` hands a scan here when the plan's
+strategy is ``resident``, with the buffers it built for every strategy (``launch.py``'s names).
+"""
+from __future__ import annotations
+
+import torch
+
+from ...cells import CellSpec
+from . import plan as _plan
+
+_CELL_CODE = {"lstm": 0, "gru": 1, "rnn": 2}
+_MAX_W_PER_THREAD = 64          # registers a thread gives to its W_hh block and operand tile
+_PARTIAL_LOAD = 2048            # elements of one load of the backward's partial sums
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def padded_gates(spec: CellSpec) -> int:
+    """G4: the gate rows a unit owns in the reordered layout (a power of two for tl.reshape)."""
+    return _pow2_at_least(spec.gates)
+
+
+def make_plan(spec: CellSpec, device: torch.device, dtype: torch.dtype, B: int, H: int,
+              tune: dict, num_sms: int | None = None) -> _plan.Plan:
+    """BB batch rows a program (below 16 the exact power of two: a GEMV per row, no padding;
+    else 16 for tl.dot, more rows being more batch groups: at BB = 64 the [BB, H] operand
+    spills, aot.py), U units a program (BH of the plan: N = U·G4 ≥ 16 rows, doubled
+    until the groups × programs fit the SMs), BK = KP the padded K axis, the warps that keep the
+    W block and one [BB, KP] operand at ≤ 64 registers a thread, and the barrier: a grid barrier on a GPU, the launch
+    boundary (one launch per step) under the interpreter."""
+    G4 = padded_gates(spec)
+    BB = tune.get("block_b", min(16, _pow2_at_least(max(B, 1))))
+    U = tune.get("block_h", max(1, 16 // G4))
+    nb = max(1, _plan.triton_cdiv(B, BB))
+    nsm = num_sms or _plan._num_sms(device)
+    if device.type == "cuda" or num_sms:   # num_sms: a GPU's plan made without it (aot.py)
+        while nb * _plan.triton_cdiv(H, U) > nsm and U < H:
+            U *= 2
+        if nb * _plan.triton_cdiv(H, U) > nsm:
+            raise RuntimeError(f"rnnkernels triton backend: strategy 'resident' needs {nb} batch "
+                               f"groups of co-resident programs but the GPU has {nsm} SMs; use "
+                               "'step' or 'persistent'")
+    KP = max(16, _pow2_at_least(H))
+    # registers: the W block [N, KP] and one operand tile [BB, KP] (h forward, dg·W backward)
+    warps = _pow2_at_least(max(1, (U * G4 + BB) * KP // (32 * _MAX_W_PER_THREAD)))
+    warps = tune.get("num_warps", min(16, max(4, warps)))
+    sync = 0 if _plan.INTERPRET or device.type != "cuda" else 2
+    return _plan.Plan("resident", BB, U, KP, warps, 1, _plan.triton_cdiv(H, U), sync,
+                      _plan.dot_f32(dtype, device))
+
+
+def partial_rows(pl: _plan.Plan) -> int:
+    """RB: the programs whose partials the backward sums in one load (a power of two)."""
+    rb = max(1, _PARTIAL_LOAD // (pl.BB * pl.BH))
+    return min(_pow2_at_least(pl.nprog_h), 1 << (rb.bit_length() - 1))
+
+
+def reorder(w_hh: torch.Tensor, spec: CellSpec, U: int) -> torch.Tensor:
+    """W_hh [G·H, H] → [programs, U·G4, H]: program c's row u·G4 + g is gate g of unit c·U + u
+    (zero rows for the padding gates and for units past H)."""
+    G, G4, H = spec.gates, padded_gates(spec), w_hh.shape[1]
+    nprog = _plan.triton_cdiv(H, U)
+    out = w_hh.new_zeros((nprog * U, G4, H))
+    out[:H, :G] = w_hh.reshape(G, H, H).transpose(0, 1)
+    return out.reshape(nprog, U * G4, H)
+
+
+def run(spec: CellSpec, backward: bool, bufs: dict, sizes: dict, known: dict, pl: _plan.Plan,
+        check_sync) -> None:
+    """Every launch of one scan (forward s = 0..T-1; backward T-1..-1), ``launch``'s buffers."""
+    from . import resident  # noqa: PLC0415 - the kernels compile on first use only
+    T, B, H = sizes["T"], sizes["B"], sizes["H"]
+    dummy = bufs["lens"]
+    consts = dict(CELL=_CELL_CODE[spec.name], RELU=bool(known.get("RELU", False)),
+                  HAS_LEN=known["HAS_LEN"], REVERSE=known["REVERSE"], SYNC=pl.sync,
+                  DOT_F32=pl.dot_f32, G=spec.gates, G4=padded_gates(spec), BB=pl.BB, U=pl.BH,
+                  KP=pl.BK)
+    w = reorder(bufs["w_hh"], spec, pl.BH)
+    ws = bufs.get("cs", bufs.get("hn_lin", dummy))
+    grid = (pl.grid_b(B), pl.nprog_h)
+    opts = pl.launch_options()
+    if not backward:
+        consts.update(HAS_BHN=bool(known.get("HAS_BHN", False)), SAVE=known["SAVE"])
+        args = [bufs["xp"], w, bufs.get("b_hn", dummy), bufs["lens"], bufs["out"],
+                bufs.get("gates", dummy), ws, bufs["h"], bufs.get("c", dummy), bufs["sync"]]
+        kernel, steps = resident._resident_fwd_kernel, list(range(T))
+    else:
+        acc = bufs["dg"].dtype
+        dh = bufs["grad_hn"].to(acc, copy=True)
+        dc = bufs.get("dc")
+        if dc is not None:    # the carry of c enters at half T % 2; the launcher returns half 0
+            dc[0].copy_(dc[T % 2])
+            dc = dc[0]
+        loc = torch.zeros((B, H), dtype=acc, device=dh.device) if spec.name == "gru" else dummy
+        part = torch.empty((2, pl.nprog_h, B, H), dtype=acc, device=dh.device)
+        consts["RB"] = partial_rows(pl)
+        args = [bufs["grad_out"], bufs["h0"], bufs.get("c0", dummy), w, bufs["lens"],
+                bufs["out"], bufs.get("gates", dummy), ws, bufs["dxp"], bufs["dh0"], dh,
+                dc if dc is not None else dummy, loc, part, bufs["sync"]]
+        kernel, steps = resident._resident_bwd_kernel, list(range(T - 1, -2, -1))
+    ints = (T, B, H)
+    if pl.sync == 2:      # one launch: the grid barrier separates the steps
+        kernel[grid](*args, steps[0], len(steps), *ints, **consts, **opts)
+        check_sync(pl, bufs["sync"])
+    else:                 # one launch per step: the launch boundary is the barrier
+        for s in steps:
+            kernel[grid](*args, s, 1, *ints, **consts, **opts)
