@@ -12,12 +12,14 @@
 #   tests-{triton,cuda}-junit.xml  pytest's per-test results of the Triton and CUDA tests
 #   cuda-validate-*.jsonl    validation table records (every module vs torch.nn, odd sizes)
 #   cuda-full-*.jsonl/.png   benchmark records (one JSON line per measurement) and speedup plot
+#   cuda-full-*-triton-resident.jsonl  the resident strategy vs cuDNN (stage 3b)
 #   plan-cuda.json           rnnkernels/plans/cuda.json with this GPU's table measured, also
 #                            copied into the tree (on a lent machine, whose tree does not come
 #                            back, copy this file to rnnkernels/plans/cuda.json and commit it)
 # Knobs (environment):
 #   PYTHON=python  BENCH_DTYPES=float32 (e.g. float32,bfloat16)  BENCH_ARGS="" (extra runner args)
 #   SKIP_INSTALL=1  SKIP_TESTS=1  SKIP_BENCH=1  STRATEGY_SWEEP=1 (triton step vs persistent)
+#   RESIDENT_SECS=110 (stage 3b's share; 0 skips it)
 #   (STRATEGY_SWEEP adds 2 files: with SKIP_PLAN=1 the folder stays at 8)
 #   SKIP_PLAN=1  PLAN_SECS=150 (seconds kept for the plan out of the benchmark's share; the plan
 #   gets all that is left)  PLAN_ARGS="" (extra python -m bench.plan arguments, e.g. a grid)
@@ -123,6 +125,26 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   pytest_stage cuda "$(cap "${CUDA_TEST_TIMEOUT:-150}" 120)" tests -k "cuda and not triton"
 fi
 
+# 3b. The resident strategy (issue 12; rnnkernels/backends/triton/resident.py), which auto does
+#     not pick until measured here: the grid barrier alone (python -m bench.barrier: µs per
+#     barrier, with and without the h exchange, B = 1/16/64; its table goes to gpu.log), then
+#     triton with the strategy forced vs cuDNN at the issue's target shapes, fp32 and bf16,
+#     inference and training (one JSONL: cuda-full-*-triton-resident.jsonl).
+RESIDENT_SECS=${RESIDENT_SECS:-110}
+if [ -z "${SKIP_BENCH:-}" ] && [ "$RESIDENT_SECS" -gt 0 ]; then
+  stop=$((SECONDS + RESIDENT_SECS))
+  log "grid barrier (30s max): python -m bench.barrier"
+  run timeout -k 5 30 "$PY" -m bench.barrier --out /tmp || log "BARRIER BENCH FAILED or timed out"
+  secs=$(( stop - SECONDS )); [ "$secs" -gt 20 ] || secs=20
+  log "resident sweep (${secs}s max): triton strategy=resident vs cuDNN"
+  # shellcheck disable=SC2086
+  RNNKERNELS_TRITON_STRATEGY=resident run timeout -k 5 "$secs" "$PY" -m bench.run --full \
+    --device cuda --no-validate --no-plot --providers torch,triton --tag triton-resident \
+    --configs long-b1 long-b16 fastrnn --shape cell=lstm,T=1024,B=16,I=1024,H=1024 \
+    --dtypes float32,bfloat16 --min-time 0.1 --out "$DIR" \
+    || log "RESIDENT SWEEP FAILED or timed out (records written so far are kept)"
+fi
+
 # 4. Validation table (every module vs torch.nn/cuDNN at odd sizes) + the benchmark sweep.
 PLAN_SECS=${PLAN_SECS:-150}
 [ -z "${SKIP_PLAN:-}" ] || PLAN_SECS=0
@@ -165,7 +187,7 @@ fi
 # 6. Optional (STRATEGY_SWEEP=1), in what time is left: the Triton provider with each strategy
 #    forced, on the latency-bound configs, to place the auto threshold.
 if [ -n "${STRATEGY_SWEEP:-}" ] && [ -z "${SKIP_BENCH:-}" ]; then
-  for strat in step persistent; do
+  for strat in step persistent resident; do
     secs=$(left 10)
     [ "$secs" -gt 30 ] || { log "no time left for the $strat sweep"; continue; }
     log "strategy sweep ($strat, ${secs}s max)"

@@ -6,7 +6,7 @@ Triton plan").
     python -m bench.triton_strategy [--out DIR] [--quick]
 
 Part A: inference forward (no_grad) of one layer, T=200, fp32, for each strategy forced
-(step / persistent / persistent-grid) over small hidden sizes and two batch sizes.
+(step / persistent / persistent-grid / resident) over small hidden sizes and two batch sizes.
 Part B: the step strategy's hidden tile and warp count at H=512 (B=1 and B=64).
 Times are CUDA-event medians (L2 flushed per call, see bench/measure.py). One JSON line per
 measurement goes to ``DIR/triton-strategy-<stamp>.jsonl``; a table is printed.
@@ -72,7 +72,7 @@ def main() -> int:
                 record(part="A", cell=cell, H=hidden, B=batch, provider="cudnn", ms=base)
                 with torch.no_grad():
                     want = ref(x)[0]
-                for strat in ("step", "persistent", "persistent-grid"):
+                for strat in ("step", "persistent", "persistent-grid", "resident"):
                     try:
                         with rt.strategy(strat):
                             with torch.no_grad():
