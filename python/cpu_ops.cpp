@@ -18,7 +18,6 @@
 
 namespace rnnk {
 namespace bridge {
-namespace {
 
 cpu::Path requested_path(const ScanArgs& a, bool backward) {
   const std::string& p = options().cpu_path;
@@ -30,6 +29,8 @@ cpu::Path requested_path(const ScanArgs& a, bool backward) {
   }
   return cpu::choose_path(a, backward);
 }
+
+namespace {
 
 // The fused path's scratch (csrc/cpu/scan_cpu.h) and call.
 Status run_fused(const ScanArgs& a, const at::TensorOptions& acc, bool backward) {

@@ -14,12 +14,17 @@
 #include <algorithm>
 
 #include "cpu/ln_scan.h"
+#include "cpu/scan_cpu.h"
 #include "ops_impl.h"
 #include "step_gemm.h"
 #include "variant_io.h"
 
 namespace rnnk {
 namespace bridge {
+
+// The CPU scans' path for a call (the cpu_path option, else cpu::choose_path): cpu_ops.cpp.
+cpu::Path requested_path(const ScanArgs& a, bool backward);
+
 namespace {
 
 struct LnRunner {
@@ -107,8 +112,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_fo
   v.var.scan = sc.a;
   v.nrm = mptr(nrm), v.chat = mptr(chat), v.rstd = mptr(rstd);
   v.threads = std::max(1, at::get_num_threads());
-  StepGemm g(sc.a, ops.w, xp.options(), /*backward=*/false, /*copy_transposed=*/true);
-  raise_if_failed(cpu::ln_forward(v, g.forward_scratch(), g.callback()), "cpu", "ln_forward", &g);
+  // The plain scans' path choice (cpu_path): the product on the scans' own panels, or MKL's
+  // GEMM on a contiguous copy of W_hhᵀ.
+  v.own_product = requested_path(sc.a, /*backward=*/false) == cpu::Path::kFused;
+  StepGemm g(sc.a, ops.w, xp.options(), /*backward=*/false, /*copy_transposed=*/!v.own_product);
+  ForwardScratch scratch = g.forward_scratch();
+  Tensor pack;
+  if (v.own_product) {
+    pack = alloc({cpu::variant_pack_elems(v.var, false)}, xp.options());
+    scratch.pack = mptr(pack);
+  }
+  raise_if_failed(cpu::ln_forward(v, scratch, g.callback()), "cpu", "ln_forward", &g);
   return {out, h_n, c_n, gates, ws, nrm, chat, rstd};
 }
 
@@ -144,6 +158,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_backward(
   v.var.scan = sc.a;
   v.nrm = mptr(nrm_c), v.chat = mptr(chat_c), v.rstd = mptr(rstd_c);
   v.dgh = mptr(dgh), v.dparams = mptr(dparams), v.threads = threads;
+  v.own_product = requested_path(sc.a, /*backward=*/true) == cpu::Path::kFused;
   StepGemm g(sc.a, ops.w, acc, /*backward=*/true, /*copy_transposed=*/false);
   raise_if_failed(cpu::ln_backward(v, g.backward_scratch(), g.callback()), "cpu", "ln_backward",
                   &g);

@@ -103,6 +103,7 @@ def _compare(got, want, close=assert_close):
         close(a, e, what)
 
 
+@pytest.mark.parametrize("path", ["fused", "gemm"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("name,bias,zoneout", [
@@ -110,9 +111,11 @@ def _compare(got, want, close=assert_close):
     ("gru", False, "eval"), ("gru", True, "train")],
     ids=["lstm", "lstm-nobias-zoneout-train", "lstm-zoneout-eval", "gru",
          "gru-nobias-zoneout-eval", "gru-zoneout-train"])
-def test_kernel_matches_the_reference(name, bias, zoneout, dtype, reverse):
+def test_kernel_matches_the_reference(name, bias, zoneout, dtype, reverse, path):
+    """Both ways of the recurrent product (ln_impl.h): the scans' own panels (``fused``, what
+    small batches take) and the library GEMM (``gemm``)."""
     case = _scan_case(name, dtype, bias=bias, zoneout=zoneout)
-    with compiled.option("poison", "1"):
+    with compiled.option("poison", "1"), compiled.option("cpu_path", path):
         got = _run(cpu_layer_norm, case, reverse)
     _compare(got, _run(reference_variants, case, reverse), TLN._close)
 
@@ -130,14 +133,16 @@ def test_every_instruction_set_build_matches_the_reference(name, isa):
     _compare(got, _run(reference_variants, case, True), TLN._close)
 
 
+@pytest.mark.parametrize("path", ["fused", "gemm"])
 @pytest.mark.parametrize("name", ["lstm", "gru"])
-def test_thread_team_matches_the_reference(name):
-    """Enough rows per step for the row kernels' OpenMP loop to run on a team of 2."""
+def test_thread_team_matches_the_reference(name, path):
+    """Enough rows per step for the row kernels' OpenMP loop to run on a team of 2, and (fused)
+    the panels and W_hh's columns split between the two threads."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         case = _scan_case(name, torch.float64, B=40, H=66, zoneout="train")
-        with compiled.option("poison", "1"):
+        with compiled.option("poison", "1"), compiled.option("cpu_path", path):
             got = _run(cpu_layer_norm, case, True)
     finally:
         torch.set_num_threads(threads)

@@ -41,7 +41,8 @@
 //   LSTM dγ_c = Σ dy ⊙ ĉ, dβ_c = Σ dy (y = γ_c ⊙ ĉ + β_c);  GRU db_hn = Σ drec_n
 //
 // Scratch: the step path's (ForwardScratch h, c, gh; BackwardScratch dh, dc, dgates: [B, ·]
-// acc, python/step_gemm.h's StepGemm) and its GEMMs kGates / kRecurrent.
+// acc, python/step_gemm.h's StepGemm) and its GEMMs kGates / kRecurrent, or with own_product
+// the panel buffer ForwardScratch::pack and no GEMM.
 #pragma once
 
 #include "rnnkernels/scan_params.h"
@@ -65,6 +66,10 @@ struct LayerNormArgs {
   void* dparams = nullptr;  // [threads, G·H + 2·H], zeroed by the caller: per thread the
                             // partial sums dγ_hh [G·H], then LSTM dγ_c, dβ_c / GRU db_hn, 0 [H]
   int threads = 1;          // the row loops' team: at most this many threads
+  // The recurrent product on the fused scans' register tiles (small batches; the forward then
+  // needs ForwardScratch::pack of variant_pack_elems(var, false) elements) instead of the
+  // GemmCallback (ln_impl.h says why).
+  bool own_product = false;
 };
 
 // The width of a dparams slot.
