@@ -93,10 +93,12 @@ def test_resident_plan_and_layout(monkeypatch):
                                 ("rnn", 16, 512), ("gru", 3, 33)]
              for p in [RL.make_plan(CELLS[cell], gpu, torch.float32, B, H, {})]}
     sync = 0 if plan.INTERPRET else 2
+    # (BB, U, programs, KC, sync, warps): KC = KP = the whole padded K axis when W_own and
+    # one operand fit the registers (loaded once), else the columns streamed at a time
     assert shape == {("lstm", 1, 512): (1, 4, 128, 512, sync, 4),
-                     ("lstm", 64, 512): (16, 16, 32, 512, sync, 16),
-                     ("lstm", 16, 1024): (16, 8, 128, 1024, sync, 16),
-                     ("rnn", 16, 512): (16, 16, 32, 512, sync, 8),
+                     ("lstm", 64, 512): (16, 16, 32, 64, sync, 8),
+                     ("lstm", 16, 1024): (16, 8, 128, 128, sync, 8),
+                     ("rnn", 16, 512): (16, 16, 32, 128, sync, 8),
                      ("gru", 3, 33): (4, 4, 9, 64, sync, 4)}
     with pytest.raises(RuntimeError, match="132 SMs"):
         RL.make_plan(CELLS["lstm"], gpu, torch.float32, 16 * 133, 64, {})
@@ -108,6 +110,7 @@ def test_resident_plan_and_layout(monkeypatch):
                               cell=CELLS["gru"]).strategy == "resident"
     H, U = 5, 4
     w = torch.arange(3 * H * H, dtype=torch.float32).reshape(3 * H, H)
+    assert RL.make_plan(CELLS["lstm"], gpu, torch.float32, 3, 33, {"block_k": 16}).BK == 16
     r = RL.reorder(w, CELLS["gru"], U)
     assert r.shape == (2, U * 4, H)
     for c in range(2):
@@ -116,6 +119,15 @@ def test_resident_plan_and_layout(monkeypatch):
                 unit = c * U + u
                 want = w[g * H + unit] if g < 3 and unit < H else torch.zeros(H)
                 assert torch.equal(r[c, u * 4 + g], want), (c, u, g)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
+def test_resident_streamed_product(cell):
+    """``resident`` with W_own streamed 16 columns at a time (what large H takes on a GPU): the
+    per-row GEMV (B = 3) and tl.dot (B = 17) forms against the reference."""
+    with tb.tuning(block_k=16):
+        _check(Case(cell, 4, 3, 33, lengths=[4, 1, 3], rev=True, strategy="resident"))
+        _check(Case(cell, 3, 17, 20, lengths=[3, 1, 2] * 5 + [3, 3], strategy="resident"))
 
 
 def test_launcher_phases_and_signatures():

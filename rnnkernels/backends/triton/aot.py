@@ -130,7 +130,7 @@ def _compile_resident(cell, backward, B, H, dt, torch_dt, arch, target) -> int:
     pl = RL.make_plan(spec, torch.device("cpu"), torch_dt, B, H, {}, num_sms=_RESIDENT_SMS)
     consts = dict(CELL=RL._CELL_CODE[cell], RELU=False, HAS_LEN=True, REVERSE=True, SYNC=2,
                   DOT_F32=dt == "fp32" or (dt == "bf16" and arch < 80), G=spec.gates,
-                  G4=RL.padded_gates(spec), BB=pl.BB, U=pl.BH, KP=pl.BK)
+                  G4=RL.padded_gates(spec), BB=pl.BB, U=pl.BH, KC=pl.BK, KP=RL.padded_k(H))
     if backward:
         consts["RB"] = RL.partial_rows(pl)
         fn = resident._resident_bwd_kernel
@@ -138,7 +138,7 @@ def _compile_resident(cell, backward, B, H, dt, torch_dt, arch, target) -> int:
         consts.update(HAS_BHN=cell == "gru", SAVE=True)
         fn = resident._resident_fwd_kernel
     label = (f"sm_{arch} {dt} {cell}_{'bwd' if backward else 'fwd'} resident B={B} H={H} "
-             f"[{pl.nprog_h} programs × BB={pl.BB} U={pl.BH}, {pl.num_warps} warps]")
+             f"[{pl.nprog_h} programs × BB={pl.BB} U={pl.BH} KC={pl.BK}, {pl.num_warps} warps]")
     return _compile_one(fn, consts, dt, pl, target, label)
 
 

@@ -105,15 +105,13 @@ def _join_gates(g0, g1, g2, g3, BB: tl.constexpr, U: tl.constexpr, G4: tl.conste
 
 # ------------------------------------------------------------------------------- products
 @triton.jit
-def _gate_product(h_cur, rows64, rmask, w_t, ks, kmask, B, H, DOT_F32: tl.constexpr,
-                  BB: tl.constexpr, N: tl.constexpr):
-    """[BB, N] = h [BB, H] · W_own ᵀ with W_ownᵀ = w_t [KP, N] resident. BB < 16 (tl.dot's
+def _chunk_product(acc, h_cur, rows64, rmask, ks, kmask, w_t, B, H, DOT_F32: tl.constexpr,
+                   BB: tl.constexpr):
+    """acc [BB, N] + h[:, ks] · w_t, w_t [len(ks), N] (W_ownᵀ's rows ks). BB < 16 (tl.dot's
     minimum): one GEMV per row, so a batch of 1 does not pay for 16."""
     if BB >= 16:
-        h = load_tile(h_cur, rows64 * H, rmask, ks, kmask)
-        return mma(tl.zeros([BB, N], tl.float32), h, w_t, DOT_F32)
+        return mma(acc, load_tile(h_cur, rows64 * H, rmask, ks, kmask), w_t, DOT_F32)
     else:
-        acc = tl.zeros([BB, N], tl.float32)
         rid = tl.arange(0, BB)
         w32 = w_t.to(tl.float32)
         for r in tl.static_range(BB):
@@ -121,16 +119,16 @@ def _gate_product(h_cur, rows64, rmask, w_t, ks, kmask, B, H, DOT_F32: tl.conste
             h_r = tl.load(h_cur + row.to(tl.int64) * H + ks, mask=kmask & (ks * 0 + row < B),
                           other=0.0)
             acc_r = tl.sum(w32 * h_r.to(tl.float32)[:, None], axis=0)
-            acc = tl.where(rid[:, None] == r, acc_r[None, :], acc)
+            acc = tl.where(rid[:, None] == r, acc + acc_r[None, :], acc)
         return acc
 
 
 @triton.jit
-def _store_partial(part, dg, w, rows64, rmask, ks, kmask, B, H, DOT_F32: tl.constexpr,
-                   BB: tl.constexpr, KP: tl.constexpr):
-    """part[rows] = dg [BB, N] · W_own [N, KP]: this program's share of dh_{t-1} (all units)."""
+def _chunk_partial(part, dg, w, rows64, rmask, ks, kmask, B, H, DOT_F32: tl.constexpr,
+                   BB: tl.constexpr, KC: tl.constexpr):
+    """part[rows, ks] = dg [BB, N] · w, w [N, len(ks)] (W_own's columns ks)."""
     if BB >= 16:
-        prod = mma(tl.zeros([BB, KP], tl.float32), dg, w, DOT_F32)
+        prod = mma(tl.zeros([BB, KC], tl.float32), dg, w, DOT_F32)
         store_tile(part, rows64 * H, rmask, ks, kmask, prod)
     else:
         rid = tl.arange(0, BB)
@@ -140,6 +138,50 @@ def _store_partial(part, dg, w, rows64, rmask, ks, kmask, B, H, DOT_F32: tl.cons
             dg_r = tl.sum(tl.where(rid[:, None] == r, dg, 0.0), axis=0)
             tl.store(part + row.to(tl.int64) * H + ks, tl.sum(w32 * dg_r[:, None], axis=0),
                      mask=kmask & (ks * 0 + row < B))
+
+
+@triton.jit
+def _w_chunk(w, k0, H, TRANSPOSED: tl.constexpr, N: tl.constexpr, KC: tl.constexpr):
+    """Columns k0 .. k0+KC of the program's W_own [N, H] (TRANSPOSED: as [KC, N]) from global
+    memory, kept in the cache across steps (evict_last): the streamed form, for blocks too big
+    for the registers."""
+    ks = k0 + tl.arange(0, KC)
+    kmask = ks < H
+    n = tl.arange(0, N)
+    if TRANSPOSED:
+        return tl.load(w + n[None, :] * H + ks[:, None], mask=kmask[:, None], other=0.0,
+                       eviction_policy="evict_last"), ks, kmask
+    else:
+        return tl.load(w + n[:, None] * H + ks[None, :], mask=kmask[None, :], other=0.0,
+                       eviction_policy="evict_last"), ks, kmask
+
+
+@triton.jit
+def _gate_product(h_cur, rows64, rmask, w, ks, kmask, B, H, DOT_F32: tl.constexpr,
+                  BB: tl.constexpr, N: tl.constexpr, KC: tl.constexpr, KP: tl.constexpr):
+    """[BB, N] = h [BB, H] · W_ownᵀ: w is the resident W_ownᵀ [KP, N] (KC == KP) or, streamed,
+    the block's address, read KC columns at a time."""
+    acc = tl.zeros([BB, N], tl.float32)
+    if KC == KP:
+        acc = _chunk_product(acc, h_cur, rows64, rmask, ks, kmask, w, B, H, DOT_F32, BB)
+    else:
+        for k0 in range(0, H, KC):
+            w_t, kc, km = _w_chunk(w, k0, H, True, N, KC)
+            acc = _chunk_product(acc, h_cur, rows64, rmask, kc, km, w_t, B, H, DOT_F32, BB)
+    return acc
+
+
+@triton.jit
+def _store_partial(part, dg, w, rows64, rmask, ks, kmask, B, H, DOT_F32: tl.constexpr,
+                   BB: tl.constexpr, N: tl.constexpr, KC: tl.constexpr, KP: tl.constexpr):
+    """part[rows] = dg [BB, N] · W_own [N, H]: this program's share of dh_{t-1} (all units);
+    w resident [N, KP] or streamed, as in ``_gate_product``."""
+    if KC == KP:
+        _chunk_partial(part, dg, w, rows64, rmask, ks, kmask, B, H, DOT_F32, BB, KP)
+    else:
+        for k0 in range(0, H, KC):
+            w_c, kc, km = _w_chunk(w, k0, H, False, N, KC)
+            _chunk_partial(part, dg, w_c, rows64, rmask, kc, km, B, H, DOT_F32, BB, KC)
 
 
 @triton.jit
@@ -157,26 +199,30 @@ def _sum_partials(part, nprog, rows64, mask, units, umask, B, H, BB: tl.constexp
     return acc
 
 
-_plan.interpreter_direct_calls(globals(), ["_split_gates", "_join_gates", "_gate_product",
-                                           "_store_partial", "_sum_partials"])
+_plan.interpreter_direct_calls(globals(), [
+    "_split_gates", "_join_gates", "_chunk_product", "_chunk_partial", "_w_chunk",
+    "_gate_product", "_store_partial", "_sum_partials"])
 
 
 # ------------------------------------------------------------------------------------ kernels
 @triton.jit
 def _own_slice(w_ptr, lens_ptr, B, T, H, HAS_LEN: tl.constexpr, TRANSPOSED: tl.constexpr,
-               BB: tl.constexpr, U: tl.constexpr, N: tl.constexpr, KP: tl.constexpr):
-    """The program's rows (``tiles.program_tile``), its units, the K axis and its resident block
-    of the reordered W_hh [programs, N, H]: [KP, N] (TRANSPOSED, forward) or [N, KP]."""
+               BB: tl.constexpr, U: tl.constexpr, N: tl.constexpr, KC: tl.constexpr,
+               KP: tl.constexpr):
+    """The program's rows (``tiles.program_tile``), its units, the K axis and its block of the
+    reordered W_hh [programs, N, H]: loaded once, [KP, N] (TRANSPOSED, forward) or [N, KP],
+    when KC == KP; else its address (streamed KC columns at a time, ``_w_chunk``)."""
     rmask, rows64, L, pid_c, nprog = program_tile(lens_ptr, B, T, HAS_LEN, BB)
     units = pid_c * U + tl.arange(0, U)
     ks = tl.arange(0, KP)
     kmask = ks < H
     n = tl.arange(0, N)
-    base = w_ptr + pid_c.to(tl.int64) * N * H
-    if TRANSPOSED:
-        w = tl.load(base + n[None, :] * H + ks[:, None], mask=kmask[:, None], other=0.0)
-    else:
-        w = tl.load(base + n[:, None] * H + ks[None, :], mask=kmask[None, :], other=0.0)
+    w = w_ptr + pid_c.to(tl.int64) * N * H
+    if KC == KP:
+        if TRANSPOSED:
+            w = tl.load(w + n[None, :] * H + ks[:, None], mask=kmask[:, None], other=0.0)
+        else:
+            w = tl.load(w + n[:, None] * H + ks[None, :], mask=kmask[None, :], other=0.0)
     return rmask, rows64, L, nprog, units, units < H, ks, kmask, w
 
 
@@ -187,13 +233,13 @@ def _resident_fwd_kernel(
         CELL: tl.constexpr, RELU: tl.constexpr, HAS_BHN: tl.constexpr, HAS_LEN: tl.constexpr,
         REVERSE: tl.constexpr, SAVE: tl.constexpr, SYNC: tl.constexpr, DOT_F32: tl.constexpr,
         G: tl.constexpr, G4: tl.constexpr, BB: tl.constexpr, U: tl.constexpr,
-        KP: tl.constexpr):
+        KC: tl.constexpr, KP: tl.constexpr):
     """Forward steps s_first .. s_first+n_steps-1 (the module docstring). CELL 0 LSTM, 1 GRU,
     2 RNN (RELU); the recurrence and the workspaces are the plain kernels' (``lstm.py``,
     ``gru.py``, ``rnn.py``): LSTM saves the gates and c_t (``ws``), GRU the gates and
     hn_lin = h·W_hnᵀ + b_hn (``ws``), RNN nothing."""
     rmask, rows64, L, nprog, units, umask, ks, kmask, w_t = _own_slice(
-        w_ptr, lens_ptr, B, T, H, HAS_LEN, True, BB, U, U * G4, KP)
+        w_ptr, lens_ptr, B, T, H, HAS_LEN, True, BB, U, U * G4, KC, KP)
     counter = sync_ptr + tl.program_id(0)
     first = (s_first % 2).to(tl.int64)
     h_own = load_tile(h_ptr + first * B * H, rows64 * H, rmask, units, umask)
@@ -219,7 +265,8 @@ def _resident_fwd_kernel(
         if SYNC == 2:
             if it > 0:
                 _wait(counter, it * nprog, sync_ptr + tl.num_programs(0))
-        acc = _gate_product(h_cur, rows64, rmask, w_t, ks, kmask, B, H, DOT_F32, BB, U * G4)
+        acc = _gate_product(h_cur, rows64, rmask, w_t, ks, kmask, B, H, DOT_F32, BB, U * G4, KC,
+                            KP)
         a0, a1, a2, a3 = _split_gates(acc, BB, U, G4)
         u_row = (t * B + rows64) * H
         if CELL == 0:
@@ -259,14 +306,15 @@ def _resident_bwd_kernel(
         s_first, n_steps, T, B, H,
         CELL: tl.constexpr, RELU: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
         SYNC: tl.constexpr, DOT_F32: tl.constexpr, G: tl.constexpr, G4: tl.constexpr,
-        BB: tl.constexpr, U: tl.constexpr, KP: tl.constexpr, RB: tl.constexpr):
+        BB: tl.constexpr, U: tl.constexpr, KC: tl.constexpr, KP: tl.constexpr,
+        RB: tl.constexpr):
     """Backward steps s_first, s_first-1, ... down to -1 (the module docstring). Carries of the
     own units: dh (∂L/∂h entering the step; grad_hn until the row's last step), dc (LSTM),
     loc (GRU: dh⊙z, the part of ∂L/∂h_{t-1} that bypasses W_hh), kept in registers and in the
     buffers ``dh``, ``dc``, ``loc`` between launches. ``part`` [2, programs, B, H]: each
     program's dg·W_own by step parity."""
     rmask, rows64, L, nprog, units, umask, ks, kmask, w = _own_slice(
-        w_ptr, lens_ptr, B, T, H, HAS_LEN, False, BB, U, U * G4, KP)
+        w_ptr, lens_ptr, B, T, H, HAS_LEN, False, BB, U, U * G4, KC, KP)
     counter = sync_ptr + tl.program_id(0)
     pid_c = tl.program_id(1).to(tl.int64)
     dh_own = load_tile(dh_ptr, rows64 * H, rmask, units, umask)
@@ -329,7 +377,7 @@ def _resident_bwd_kernel(
             dg = tl.where(act2, _join_gates(r0, r1, r2, r3, BB, U, G4), 0.0)
             par = (s % 2).to(tl.int64)
             _store_partial(part_ptr + (par * nprog + pid_c) * B * H, dg, w, rows64, rmask, ks,
-                           kmask, B, H, DOT_F32, BB, KP)
+                           kmask, B, H, DOT_F32, BB, U * G4, KC, KP)
             if SYNC == 2:
                 _arrive(counter)
         else:

@@ -12,6 +12,7 @@ from . import plan as _plan
 _CELL_CODE = {"lstm": 0, "gru": 1, "rnn": 2}
 _MAX_W_PER_THREAD = 64          # registers a thread gives to its W_hh block and operand tile
 _PARTIAL_LOAD = 2048            # elements of one load of the backward's partial sums
+_MAX_RESIDENT_ELEMS = 16384     # (N + BB)·KP above which W_own is streamed (aot.py: spills)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -28,12 +29,21 @@ def padded_gates(spec: CellSpec) -> int:
 
 def make_plan(spec: CellSpec, device: torch.device, dtype: torch.dtype, B: int, H: int,
               tune: dict, num_sms: int | None = None) -> _plan.Plan:
-    """BB batch rows a program (below 16 the exact power of two: a GEMV per row, no padding;
-    else 16 for tl.dot, more rows being more batch groups: at BB = 64 the [BB, H] operand
-    spills, aot.py), U units a program (BH of the plan: N = U·G4 ≥ 16 rows, doubled
-    until the groups × programs fit the SMs), BK = KP the padded K axis, the warps that keep the
-    W block and one [BB, KP] operand at ≤ 64 registers a thread, and the barrier: a grid barrier on a GPU, the launch
-    boundary (one launch per step) under the interpreter."""
+    """The resident plan of one scan:
+
+    * BB batch rows a program: below 16 the exact power of two (a GEMV per row, no padding),
+      else 16 for tl.dot, more rows being more batch groups (at BB = 64 the [BB, H] operand
+      spills, aot.py);
+    * U units a program (the plan's BH): N = U·G4 ≥ 16 rows, doubled until the groups ×
+      programs fit the SMs;
+    * KC (the plan's BK): KP, the padded K axis, when the W block [N, KP] and one [BB, KP]
+      operand fit the registers (W_own loaded once before the loop), else the columns the
+      streamed product reads at a time from the cache (the block stays in L1/L2 across steps);
+    * the warps that keep those at ≤ 64 registers a thread;
+    * the barrier: a grid barrier on a GPU, the launch boundary (one launch per step) under
+      the interpreter.
+
+    The thresholds come from the sm_90 builds' registers and spills (``aot.py``)."""
     G4 = padded_gates(spec)
     BB = tune.get("block_b", min(16, _pow2_at_least(max(B, 1))))
     U = tune.get("block_h", max(1, 16 // G4))
@@ -46,13 +56,25 @@ def make_plan(spec: CellSpec, device: torch.device, dtype: torch.dtype, B: int, 
             raise RuntimeError(f"rnnkernels triton backend: strategy 'resident' needs {nb} batch "
                                f"groups of co-resident programs but the GPU has {nsm} SMs; use "
                                "'step' or 'persistent'")
-    KP = max(16, _pow2_at_least(H))
-    # registers: the W block [N, KP] and one operand tile [BB, KP] (h forward, dg·W backward)
-    warps = _pow2_at_least(max(1, (U * G4 + BB) * KP // (32 * _MAX_W_PER_THREAD)))
-    warps = tune.get("num_warps", min(16, max(4, warps)))
+    KP = padded_k(H)
+    rows = U * G4 + BB
+    # (tl.dot's operand layouts take about twice the registers of the GEMV's broadcasts)
+    fits = rows * KP <= (_MAX_RESIDENT_ELEMS if BB < 16 else _MAX_RESIDENT_ELEMS // 2)
+    stream = 16
+    while stream < 128 and rows * stream * 2 <= _MAX_RESIDENT_ELEMS // 2:
+        stream *= 2
+    KC = min(KP, tune.get("block_k", KP if fits else stream))
+    warps = _pow2_at_least(max(1, rows * KC // (32 * _MAX_W_PER_THREAD)))
+    # tl.dot's operand layout conversions need the registers of 8 warps (aot.py: 4 spill)
+    warps = tune.get("num_warps", min(16, max(8 if BB >= 16 else 4, warps)))
     sync = 0 if _plan.INTERPRET or device.type != "cuda" else 2
-    return _plan.Plan("resident", BB, U, KP, warps, 1, _plan.triton_cdiv(H, U), sync,
+    return _plan.Plan("resident", BB, U, KC, warps, 1, _plan.triton_cdiv(H, U), sync,
                       _plan.dot_f32(dtype, device))
+
+
+def padded_k(H: int) -> int:
+    """KP: the K axis (H) padded to a power of two ≥ 16."""
+    return max(16, _pow2_at_least(H))
 
 
 def partial_rows(pl: _plan.Plan) -> int:
@@ -80,7 +102,7 @@ def run(spec: CellSpec, backward: bool, bufs: dict, sizes: dict, known: dict, pl
     consts = dict(CELL=_CELL_CODE[spec.name], RELU=bool(known.get("RELU", False)),
                   HAS_LEN=known["HAS_LEN"], REVERSE=known["REVERSE"], SYNC=pl.sync,
                   DOT_F32=pl.dot_f32, G=spec.gates, G4=padded_gates(spec), BB=pl.BB, U=pl.BH,
-                  KP=pl.BK)
+                  KC=pl.BK, KP=padded_k(H))
     w = reorder(bufs["w_hh"], spec, pl.BH)
     ws = bufs.get("cs", bufs.get("hn_lin", dummy))
     grid = (pl.grid_b(B), pl.nprog_h)
