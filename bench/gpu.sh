@@ -19,7 +19,8 @@
 # Knobs (environment):
 #   PYTHON=python  BENCH_DTYPES=float32 (e.g. float32,bfloat16)  BENCH_ARGS="" (extra runner args)
 #   SKIP_INSTALL=1  SKIP_TESTS=1  SKIP_BENCH=1  STRATEGY_SWEEP=1 (triton step vs persistent)
-#   RESIDENT_SECS=110 (stage 3b's share; 0 skips it)
+#   RESIDENT_SECS=110 (stage 3b's share; 0 skips it)  PEER_SECS=120 (stage 3c, FlashRNN; runs
+#   only when .whl/ holds its wheels)
 #   (STRATEGY_SWEEP adds 2 files: with SKIP_PLAN=1 the folder stays at 8)
 #   SKIP_PLAN=1  PLAN_SECS=150 (seconds kept for the plan out of the benchmark's share; the plan
 #   gets all that is left)  PLAN_ARGS="" (extra python -m bench.plan arguments, e.g. a grid)
@@ -132,7 +133,7 @@ fi
 #     inference and training (one JSONL: cuda-full-*-triton-resident.jsonl).
 RESIDENT_SECS=${RESIDENT_SECS:-110}
 if [ -z "${SKIP_BENCH:-}" ] && [ "$RESIDENT_SECS" -gt 0 ]; then
-  stop=$((SECONDS + RESIDENT_SECS))
+  stop=$((SECONDS + $(cap "$RESIDENT_SECS" 120)))
   log "grid barrier (30s max): python -m bench.barrier"
   run timeout -k 5 30 "$PY" -m bench.barrier --out /tmp || log "BARRIER BENCH FAILED or timed out"
   secs=$(( stop - SECONDS )); [ "$secs" -gt 20 ] || secs=20
@@ -143,6 +144,21 @@ if [ -z "${SKIP_BENCH:-}" ] && [ "$RESIDENT_SECS" -gt 0 ]; then
     --configs long-b1 long-b16 fastrnn --shape cell=lstm,T=1024,B=16,I=1024,H=1024 \
     --dtypes float32,bfloat16 --min-time 0.1 --out "$DIR" \
     || log "RESIDENT SWEEP FAILED or timed out (records written so far are kept)"
+fi
+
+# 3c. FlashRNN beside ours and cuDNN (python -m bench.flashrnn_peer), when its wheels were carried
+#     in .whl/ (no registry there: `pip download --no-deps flashrnn==1.0.8 einops -d .whl` on a
+#     machine with one); its records are appended to the resident sweep's JSONL (8-file limit).
+PEER_SECS=${PEER_SECS:-120}
+if [ -z "${SKIP_BENCH:-}" ] && [ "$PEER_SECS" -gt 0 ] && ls .whl/flashrnn-*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/peer-site .whl/*.whl \
+    && export PYTHONPATH="/tmp/peer-site${PYTHONPATH:+:$PYTHONPATH}"
+  sweep=$(ls "$DIR"/*triton-resident*.jsonl 2>/dev/null | head -n 1)
+  [ -n "$sweep" ] || sweep="$DIR/cuda-peer.jsonl"
+  secs=$(cap "$PEER_SECS" 90)
+  log "FlashRNN peer (${secs}s max): python -m bench.flashrnn_peer --jsonl $sweep"
+  run timeout -k 5 "$secs" "$PY" -m bench.flashrnn_peer --budget-s $((secs > 40 ? secs - 20 : 20)) \
+    --jsonl "$sweep" || log "FLASHRNN PEER FAILED or timed out (records so far are kept)"
 fi
 
 # 4. Validation table (every module vs torch.nn/cuDNN at odd sizes) + the benchmark sweep.
