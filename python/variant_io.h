@@ -9,10 +9,11 @@
 namespace rnnk {
 namespace bridge {
 
-// Forward: xp [T, B, G·H], h0 [B, H], c0 [B, H] (LSTM) into sc.a, with its sizes.
+// Forward: xp [T, B, G·H], h0 [B, H], c0 [B, H] (LSTM) into sc.a, with its sizes. `own_c0`:
+// the caller checks c0 itself (the sLSTM's stacked states).
 template <class R>
 void variant_forward_inputs(Scan<R>& sc, const Tensor& xp, const Tensor& h0,
-                            const OptTensor& c0) {
+                            const OptTensor& c0, bool own_c0 = false) {
   const bool lstm = sc.a.cell == Cell::kLSTM;
   const int64_t G = gates_of(sc.a.cell);
   check_3d(sc.ck, xp, "xp");
@@ -22,16 +23,17 @@ void variant_forward_inputs(Scan<R>& sc, const Tensor& xp, const Tensor& h0,
   sc.sizes(T, B, H, H);
   sc.input(&ScanArgs::xp, xp, "xp", {T, B, GH});
   sc.input(&ScanArgs::h0, h0, "h0", {B, H});
+  if (own_c0) return;
   TORCH_CHECK(lstm == given(c0), sc.ck.who, ": c0 is required for the LSTM, and only there");
   if (lstm) sc.input(&ScanArgs::c0, *c0, "c0", {B, H});
 }
 
 // Backward: out, grad_out [T, B, H], grad_hn, h0 [B, H], grad_cn, c0 [B, H] (LSTM) into sc.a,
-// with its sizes.
+// with its sizes; `own_c0` as above (grad_cn too).
 template <class R>
 void variant_backward_inputs(Scan<R>& sc, const Tensor& grad_out, const Tensor& grad_hn,
                              const OptTensor& grad_cn, const Tensor& h0, const OptTensor& c0,
-                             const Tensor& out) {
+                             const Tensor& out, bool own_c0 = false) {
   const bool lstm = sc.a.cell == Cell::kLSTM;
   check_3d(sc.ck, out, "out");
   const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
@@ -40,6 +42,7 @@ void variant_backward_inputs(Scan<R>& sc, const Tensor& grad_out, const Tensor& 
   sc.input(&ScanArgs::grad_out, grad_out, "grad_out", {T, B, H});
   sc.input(&ScanArgs::grad_hn, grad_hn, "grad_hn", {B, H});
   sc.input(&ScanArgs::h0, h0, "h0", {B, H});
+  if (own_c0) return;
   TORCH_CHECK(lstm == (given(c0) && given(grad_cn)), sc.ck.who,
               ": c0 and grad_cn are required for the LSTM, and only there");
   if (lstm) {

@@ -111,8 +111,9 @@ RNN = CellSpec("rnn", "RNN", gates=1, gate_names=("h",), states=("h",), workspac
 CELLS: dict[str, CellSpec] = {c.name: c for c in (LSTM, GRU, RNN)}
 
 # The sLSTM (xLSTM, Beck et al. 2024): gates i, f, z, o; states h, c, the normalizer n and the
-# stabilizer m (all [B, H]). Not in CELLS, which lists the cells the scan ops and the compiled
-# and Triton backends implement: no fused sLSTM kernel exists yet, and rnnkernels/slstm.py runs
-# its reference scan directly.
+# stabilizer m (all [B, H]). Not in CELLS, which lists the cells the plain scan ops implement:
+# the sLSTM has its own routing (rnnkernels/slstm.py: KERNELS, resolve); its cpu kernel is the
+# head-wise LSTM variant scan with an sLSTM unit (backends/cpu_slstm.py), its triton kernels
+# one program per head (backends/triton/slstm.py).
 SLSTM = CellSpec("slstm", "SLSTM", gates=4, gate_names=("i", "f", "z", "o"),
                  states=("h", "c", "n", "m"), workspaces=(), variants=("num_heads",))

@@ -35,14 +35,19 @@ first step from the default zero states; the tests compare with xlstm in those c
 min(·, 1) clips are xlstm's: they only act on f_t at an element where n_{t-1} == 0 (elsewhere
 m_t ≥ both exponents' arguments).
 
-The scan is the reference implementation: a plain PyTorch loop on any device and dtype (state
+``scan`` is the reference implementation: a plain PyTorch loop on any device and dtype (state
 and arithmetic in float32 for half inputs, as every reference scan), differentiated by autograd,
 so every autograd mode works; it reuses the variants' reference helpers (the schedule of packed
-and reversed sequences, the step-order gathers, the head-wise product). No backend has a fused
-sLSTM kernel yet: ``resolve`` says which backend runs a call.
+and reversed sequences, the step-order gathers, the head-wise product). Two backends have a
+fused sLSTM with a hand-written reverse scan giving the same gradients as autograd through
+``step``: ``cpu`` (``backends/cpu_slstm.py``: the head-wise LSTM scan with the sLSTM's pointwise
+unit) and ``triton`` (``backends/triton/slstm.py``: one program per batch tile and head, the
+head's W_hh blocks and states in registers for the whole sequence). ``KERNELS`` lists the
+backends with an sLSTM, fastest first, and ``resolve`` says which one runs a call.
 """
 from __future__ import annotations
 
+import importlib
 from contextlib import nullcontext
 
 import torch
@@ -57,6 +62,16 @@ from .cells import SLSTM, acc_dtype
 from .projection import input_projection
 
 __all__ = ["slstm", "slstm_cell", "step", "scan", "resolve"]
+
+# The backends with an sLSTM scan (``scan``'s signature), fastest first: name → module. A module
+# may define ``supports(device_type, dtype)`` (None or why not), which then replaces the
+# backend's general answer (``backends.why_not``) for the sLSTM.
+KERNELS = {
+    "triton": "rnnkernels.backends.triton.slstm",
+    "cpu": "rnnkernels.backends.cpu_slstm",
+    "reference": "rnnkernels.slstm",
+}
+_LOADED: dict = {}
 
 
 def step(xp: Tensor, rec: Tensor, h: Tensor, c: Tensor, n: Tensor, m: Tensor
@@ -96,33 +111,64 @@ def scan(xp: Tensor, states: tuple[Tensor, ...], w_hh: Tensor, lengths: Tensor |
 
 
 def resolve(backend: str, device_type: str, dtype: torch.dtype) -> str:
-    """The backend that runs an sLSTM call: the reference, the only one with an sLSTM today.
-    ``auto`` (or ``RNNKERNELS_BACKEND`` in its place) takes it and says so once; a named
-    backend without an sLSTM raises ``RuntimeError``, as ``"torch"`` does (torch.nn has none).
-    A constant of torch.compile's graphs (``_dynamo_setup.py``), as ``functional._resolve``."""
+    """The backend that runs an sLSTM call: ``auto`` (or ``RNNKERNELS_BACKEND`` in its place)
+    takes the first of ``KERNELS`` that it would auto-pick on this device and that can run here
+    (``triton`` on a CUDA device, the fused ``cpu`` one where the extension is built; the
+    reference, said once, elsewhere); a
+    named backend without an sLSTM raises ``RuntimeError``, as ``"torch"`` does (torch.nn has
+    none), and so does a named one that cannot run here. A constant of torch.compile's graphs
+    (``_dynamo_setup.py``), as ``functional._resolve``: it also imports the chosen module
+    (``_why_not``), so the traced code never does."""
     name = backends.requested(backend)
     if name == backends.TORCH:
         raise RuntimeError("rnnkernels: backend 'torch' (torch's own RNN kernels) cannot run "
                            "sLSTM: torch.nn has no such cell; use backend='auto' or 'reference'")
-    if name not in ("auto", "reference"):
+    if name != "auto" and name not in KERNELS:
         raise RuntimeError(f"rnnkernels: backend {name!r} cannot run sLSTM: no fused kernel for "
-                           "sLSTM yet; use backend='auto' or 'reference' (plain PyTorch)")
-    reason = backends.why_not("reference", device_type, dtype)
-    if reason is not None:
-        raise RuntimeError(f"rnnkernels: no backend can run sLSTM here ({device_type}, {dtype}): "
-                           f"reference: {reason}")
-    if name == "auto":
-        backends._warn_once("rnnkernels: backend='auto' runs sLSTM on the 'reference' backend "
-                            "(plain PyTorch, not fused): no fused kernel for sLSTM yet")
-    return "reference"
+                           f"sLSTM on it yet; use backend='auto' or one of {list(KERNELS)}")
+    auto = backends._PREFERENCE.get(device_type, ("reference",))
+    candidates = [name] if name != "auto" else [n for n in KERNELS if n in auto]
+    reasons = []
+    for candidate in candidates:
+        reason = _why_not(candidate, device_type, dtype)
+        if reason is None:
+            if name == "auto" and candidate == "reference":
+                backends._warn_once("rnnkernels: backend='auto' runs sLSTM on the 'reference' "
+                                    "backend (plain PyTorch, not fused): no fused kernel for "
+                                    f"sLSTM can run here ({device_type}, {dtype})")
+            return candidate
+        reasons.append(f"{candidate}: {reason}")
+    raise RuntimeError(f"rnnkernels: no backend can run sLSTM here ({device_type}, {dtype}): "
+                       + "; ".join(reasons))
+
+
+def _why_not(name: str, device_type: str, dtype: torch.dtype) -> str | None:
+    """None if backend ``name`` runs an sLSTM of this device and dtype, else why not."""
+    try:
+        supports = getattr(implementation(name), "supports", None)
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a dependency too old
+        return f"{type(exc).__name__}: {exc}"
+    return (backends.why_not(name, device_type, dtype) if supports is None
+            else supports(device_type, dtype))
+
+
+def implementation(backend: str):
+    """The module with the sLSTM scan of ``backend`` (a name ``resolve`` returned; that imported
+    it, outside of any graph torch.compile traces: Dynamo cannot trace an import)."""
+    module = _LOADED.get(backend)
+    if module is None:
+        module = _LOADED[backend] = importlib.import_module(KERNELS[backend])
+    return module
 
 
 def _layers(x: Tensor, hx: list[Tensor], params: list[Tensor], per: int, has_biases: bool,
             num_layers: int, dirs: int, dropout: float, train: bool, mask: Tensor | None,
-            lengths: Tensor | None, num_heads: int):
+            lengths: Tensor | None, num_heads: int, backend: str):
     """Layers × directions, as ``functional``'s: per scan the input projection of all steps
-    (one GEMM), then the recurrence; inter-layer dropout on torch's layout. Returns the last
-    layer's output [T, B, D·H] and the final states, one list per state over L·D."""
+    (one GEMM), then the recurrence on ``backend``'s scan (a name ``resolve`` returned);
+    inter-layer dropout on torch's layout. Returns the last layer's output [T, B, D·H] and the
+    final states, one list per state over L·D."""
+    run = implementation(backend).scan
     finals: list[list[Tensor]] = [[] for _ in SLSTM.states]
     layer_in = x
     for layer in range(num_layers):
@@ -131,8 +177,8 @@ def _layers(x: Tensor, hx: list[Tensor], params: list[Tensor], per: int, has_bia
             k = layer * dirs + d
             w_ih, w_hh, bias, _, _ = RF._layer_weights(SLSTM, params[k * per:(k + 1) * per],
                                                        has_biases)
-            out, states = scan(input_projection(layer_in, w_ih, bias),
-                               tuple(h[k] for h in hx), w_hh, lengths, d == 1, num_heads)
+            out, states = run(input_projection(layer_in, w_ih, bias),
+                              tuple(h[k] for h in hx), w_hh, lengths, d == 1, num_heads)
             outs.append(out)
             for acc, state in zip(finals, states):
                 acc.append(state)
@@ -162,10 +208,10 @@ def slstm(input: Tensor, hx: tuple[Tensor, Tensor, Tensor, Tensor], params: list
         input, hx, params = input.to(cast), [h.to(cast) for h in hx], [p.to(cast) for p in params]
     RF._check_consistent(name, input, hx, params)
     x, mask, lengths = RF._to_time_major(input, batch_sizes, batch_first)
-    resolve(backend, x.device.type, x.dtype)
+    chosen = resolve(backend, x.device.type, x.dtype)
     with torch.autocast(x.device.type, enabled=False) if cast is not None else nullcontext():
         output, finals = _layers(x, hx, params, per, has_biases, num_layers, dirs, dropout,
-                                 train, mask, lengths, num_heads)
+                                 train, mask, lengths, num_heads, chosen)
     output = RF._from_time_major(output, mask, batch_first)
     return (output, *(torch.stack(f, 0) for f in finals))
 

@@ -11,8 +11,11 @@
 //   one (never a dense matrix with zero blocks). The backward's column tiles run per head on a
 //   copy of W_hh with each head's G·d rows contiguous ([k][G·d][d]), reading d gates that phase
 //   A writes head-major ([B][k][G·d]). With one head both are exactly the dense layouts.
-// * The pointwise work is variant_unit.h's: the peephole LSTM's formulas and zoneout, fused into
-//   the same pass over each panel's accumulators.
+// * The pointwise work is a unit policy's, fused into the same pass over each panel's
+//   accumulators: variant_unit.h's VariantCellUnit (the peephole LSTM's formulas and zoneout) or
+//   slstm_unit.h's SlstmUnit (the sLSTM has the LSTM's four gates and head-wise W_hh, so it
+//   needs only its own pointwise unit with the normalizer and stabilizer states, not its own
+//   scan). A unit has kStates states besides h, kept in place in [kStates, B, H] buffers.
 //
 // Why not a policy parameter on the plain scans' templates: those files (and cell_io.h, which
 // the CUDA kernels share) belong to the plain path, whose hot loops must not carry the variants'
@@ -22,6 +25,7 @@
 #include "micro_kernels.h"
 #include "scan_common.h"
 #include "scan_fused_bwd.h"  // slice_of
+#include "slstm_unit.h"
 #include "variant_unit.h"
 
 namespace rnnk {
@@ -66,7 +70,17 @@ void pack_head_panels(const A* W, int64_t H, const HeadPanels<C, Vec<A>::L>& hp,
   }
 }
 
-template <Cell C, class S>
+// Units [j0, j1) of h ([B, H]) and of the unit's E further states ([E, B, H]), from one type to
+// the other: a thread loads or stores the units it owns.
+template <class D, class Src>
+inline void convert_states(int E, int64_t B, int64_t H, int64_t j0, int64_t j1, D* h,
+                           const Src* h_src, D* s, const Src* s_src) {
+  for (int64_t b = 0; b < B; ++b) convert_row<D>(h + b * H + j0, h_src + b * H + j0, j1 - j0);
+  for (int64_t r = 0; r < E * B; ++r)
+    convert_row<D>(s + r * H + j0, s_src + r * H + j0, j1 - j0);
+}
+
+template <Cell C, class S, class Unit>
 Status forward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads) {
   using T = Types<S>;
   using A = typename T::A;
@@ -78,8 +92,9 @@ Status forward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads)
   const A* W = static_cast<const A*>(a.w_hh);
   A* Wp = static_cast<A*>(w.pack);
   A* hbuf = static_cast<A*>(w.h);  // [2][B][H]: h of odd steps and h0 in [1], even steps in [0]
-  A* cbuf = static_cast<A*>(w.c);
-  const VariantOperands<A> ops(v);
+  A* sbuf = static_cast<A*>(w.c);  // [E][B][H] the states besides h
+  const Unit unit(v);
+  constexpr int E = Unit::kStates;
   const ThreadLists lists(2 * B * std::max(nthreads, 1));
   if (!lists.data || !Wp) return Status::error(kErrorUnsupported, "out of memory");
 
@@ -92,8 +107,8 @@ Status forward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads)
     int64_t* act_t = act_b + B;
     alignas(64) A pre[PN::MR * PN::NV * L];
     pack_head_panels<C, A>(W, H, hp, p0, p1, Wp);  // first touch: the panels stay in its cache
-    convert_units<C>(B, H, j0, j1, hbuf + B * H, static_cast<const S*>(a.h0), cbuf,
-                     static_cast<const S*>(a.c0));
+    convert_states(E, B, H, j0, j1, hbuf + B * H, static_cast<const S*>(a.h0), sbuf,
+                   static_cast<const S*>(a.c0));
 #pragma omp barrier
     for (int64_t s = 0; s < Tn; ++s) {
       const A* cur = hbuf + ((s + 1) & 1) * B * H;
@@ -114,10 +129,10 @@ Status forward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads)
               const int64_t local = hp.local(p) + u * L;
               if (local >= d) break;
               const int64_t j = head0 + local;
-              A* c = C == Cell::kLSTM ? cbuf + b * H + j : nullptr;
-              variant_forward_unit<C, typename T::M>(
-                  typename T::IO{int(std::min<int64_t>(L, d - local))}, row, ops, H, j,
-                  pre + r * PN::NV * L + u * L, PN::UV * L, cur + b * H + j, c, nxt + b * H + j);
+              unit.template forward<typename T::M>(
+                  typename T::IO{int(std::min<int64_t>(L, d - local))}, row, H, j,
+                  pre + r * PN::NV * L + u * L, PN::UV * L, cur + b * H + j,
+                  E ? sbuf + b * H + j : nullptr, B * H, nxt + b * H + j);
             }
           }
           i0 += mr;
@@ -125,8 +140,8 @@ Status forward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads)
       }
 #pragma omp barrier
     }
-    convert_units<C>(B, H, j0, j1, static_cast<S*>(a.h_n), hbuf + ((Tn - 1) & 1) * B * H,
-                     static_cast<S*>(a.c_n), static_cast<const A*>(cbuf));
+    convert_states(E, B, H, j0, j1, static_cast<S*>(a.h_n), hbuf + ((Tn - 1) & 1) * B * H,
+                   static_cast<S*>(a.c_n), static_cast<const A*>(sbuf));
   }
   return Status::success();
 }
@@ -137,7 +152,7 @@ RNNK_INLINE void per_head(int64_t j0, int64_t j1, int64_t d, const F& f) {
   for (int64_t h = j0 / d; h * d < j1; ++h) f(std::max(j0, h * d), std::min(j1, h * d + d), h);
 }
 
-template <Cell C, class S>
+template <Cell C, class S, class Unit>
 Status backward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads) {
   using T = Types<S>;
   using A = typename T::A;
@@ -151,9 +166,10 @@ Status backward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads
   A* Wb = k == 1 ? const_cast<A*>(W) : static_cast<A*>(w.pack);
   S* dxp = static_cast<S*>(a.dxp);
   A* dcarry = static_cast<A*>(w.dh);     // [B][H] ∂L/∂h, private per thread slice
-  A* dcell = static_cast<A*>(w.dc);      // [B][H] ∂L/∂c, private per thread slice
+  A* dstate = static_cast<A*>(w.dc);     // [E][B][H] the states' carries, likewise
   A* dgbuf = static_cast<A*>(w.dgates);  // [2][B][k][G·d] d gates, shared, by step parity
-  const VariantOperands<A> ops(v);
+  const Unit unit(v);
+  constexpr int E = Unit::kStates;
   const ThreadLists lists(B * std::max(nthreads, 1));
   if (!lists.data || !Wb) return Status::error(kErrorUnsupported, "out of memory");
 
@@ -167,8 +183,8 @@ Status backward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads
       for (int64_t h = k * tid / nth; h < k * (tid + 1) / nth; ++h)
         for (int q = 0; q < G; ++q)
           std::memcpy(Wb + (h * Gd + q * d) * d, W + (q * H + h * d) * d, sizeof(A) * d * d);
-    convert_units<C>(B, H, j0, j1, dcarry, static_cast<const S*>(a.grad_hn), dcell,
-                     static_cast<const S*>(a.grad_cn));
+    convert_states(E, B, H, j0, j1, dcarry, static_cast<const S*>(a.grad_hn), dstate,
+                   static_cast<const S*>(a.grad_cn));
 #pragma omp barrier
     for (int64_t s = Tn - 1; s >= 0; --s) {
       A* dg = dgbuf + (s & 1) * B * GH;
@@ -185,9 +201,9 @@ Status backward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads
             backward_row<S, A>(a, t, s > 0 ? a.sched.time(s - 1, b) : -1, b);
         per_head(j0, j1, d, [&](int64_t hs, int64_t he, int64_t h) {
           for_vectors<L>(hs, he, [&](int n, int64_t j) {
-            variant_backward_unit<C, typename T::M>(
-                typename T::IO{n}, row, ops, H, j, dcarry + b * H + j,
-                C == Cell::kLSTM ? dcell + b * H + j : nullptr, dg + b * GH + h * Gd + j - h * d,
+            unit.template backward<typename T::M>(
+                typename T::IO{n}, row, H, j, dcarry + b * H + j,
+                E ? dstate + b * H + j : nullptr, B * H, dg + b * GH + h * Gd + j - h * d,
                 int(d));
           });
         });
@@ -214,8 +230,8 @@ Status backward_impl(const VariantArgs& v, const VariantScratch& w, int nthreads
         }
       });
     }
-    convert_units<C>(B, H, j0, j1, static_cast<S*>(a.dh0), static_cast<const A*>(dcarry),
-                     static_cast<S*>(a.dc0), static_cast<const A*>(dcell));
+    convert_states(E, B, H, j0, j1, static_cast<S*>(a.dh0), static_cast<const A*>(dcarry),
+                   static_cast<S*>(a.dc0), static_cast<const A*>(dstate));
   }
   return Status::success();
 }
@@ -227,10 +243,17 @@ Status run(const VariantArgs& v, const VariantScratch& w, int nthreads) {
   return dispatch<float, double, f16_t, bf16_t>(v.scan, [&](auto cell, auto* s) {
     constexpr Cell C = decltype(cell)::value;
     using S = std::remove_pointer_t<decltype(s)>;
-    if constexpr (kBackward)
-      return backward_impl<C, S>(v, w, nthreads);
-    else
-      return forward_impl<C, S>(v, w, nthreads);
+    using A = acc_of<S>;
+    auto with = [&](auto* unit) {
+      using Unit = std::remove_pointer_t<decltype(unit)>;
+      if constexpr (kBackward)
+        return backward_impl<C, S, Unit>(v, w, nthreads);
+      else
+        return forward_impl<C, S, Unit>(v, w, nthreads);
+    };
+    if (!v.slstm) return with(static_cast<VariantCellUnit<C, A>*>(nullptr));
+    if constexpr (C == Cell::kLSTM) return with(static_cast<SlstmUnit<A>*>(nullptr));
+    return Status::error(kErrorUnsupported, "the sLSTM runs on the LSTM's scan (cell kLSTM)");
   });
 }
 

@@ -135,6 +135,27 @@ RNNK_INLINE void variant_backward_unit(const IO& io, const BackwardRow<S, A>& r,
   io.store(dh, direct);
 }
 
+// The unit policy of variant_impl.h's scans for the four cells with their variants: kStates
+// states besides h (the LSTM's c), at s (the scans' state buffers hold kStates [B, H] blocks,
+// ss apart: SlstmUnit, slstm_unit.h, has three).
+template <Cell C, class A>
+struct VariantCellUnit {
+  static constexpr int kStates = C == Cell::kLSTM ? 1 : 0;
+  VariantOperands<A> ops;
+  explicit VariantCellUnit(const VariantArgs& v) : ops(v) {}
+
+  template <class M, class IO, class S>
+  RNNK_INLINE void forward(const IO& io, const ForwardRow<S, A>& r, int64_t H, int64_t j,
+                           const A* gh, int gs, const A* cur, A* s, int64_t, A* h) const {
+    variant_forward_unit<C, M>(io, r, ops, H, j, gh, gs, cur, s, h);
+  }
+  template <class M, class IO, class S>
+  RNNK_INLINE void backward(const IO& io, const BackwardRow<S, A>& r, int64_t H, int64_t j,
+                            A* dh, A* ds, int64_t, A* dg, int dgs) const {
+    variant_backward_unit<C, M>(io, r, ops, H, j, dh, ds, dg, dgs);
+  }
+};
+
 }  // namespace
 }  // namespace RNNK_CPU_ISA
 }  // namespace cpu

@@ -187,10 +187,16 @@ def _weight_grad(dgh: Tensor, h_prev: Tensor, heads: int, dtype: torch.dtype) ->
     GH, H = dgh.shape[-1], h_prev.shape[-1]
     G, d = GH // H, H // heads
     common = torch.promote_types(dgh.dtype, h_prev.dtype)
-    g = dgh.reshape(-1, G, heads, d).to(common).permute(2, 1, 3, 0).reshape(heads, G * d, -1)
+    g = dgh.reshape(-1, G, heads, d).to(common)                    # [T·B, G, k, d]
     x = h_prev.reshape(-1, heads, d).to(common).transpose(0, 1)   # [k, T·B, d]
-    dw = torch.bmm(g, x)                                           # [k, G·d, d]
-    return dw.view(heads, G, d, d).transpose(0, 1).reshape(GH, d).to(dtype)
+    # Per gate one batched GEMM over the heads on strided views (a transposed operand with a
+    # leading dimension, which BLAS reads as it is), straight into the [G, k, d, d] layout:
+    # permuting dgh into [k, G·d, T·B] first would copy it with a transposing stride, which
+    # cost as much as the reverse scan itself (T=100, B=64, H=256).
+    dw = torch.empty((G, heads, d, d), dtype=common, device=dgh.device)
+    for q in range(G):
+        torch.bmm(g[:, q].permute(1, 2, 0), x, out=dw[q])           # [k, d, T·B] × [k, T·B, d]
+    return dw.view(GH, d).to(dtype)
 
 
 def _peephole_grad(dxp: Tensor, gates: Tensor, cs: Tensor, c0: Tensor, lengths, reverse: bool):

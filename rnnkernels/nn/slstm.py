@@ -38,10 +38,14 @@ finite where exp overflows inside the clips (docs/VARIANTS.md, "sLSTM").
 With ``num_heads = k`` the recurrence is head-wise: W_hh is block diagonal in k [d, d] blocks
 per gate, d = H / k, stored as ``weight_hh`` [4H, d] (docs/VARIANTS.md).
 
-The only backend with an sLSTM today is "reference" (plain PyTorch, autograd, any device and
-dtype, float32 state for half inputs): ``backend="auto"`` runs it and says so once in a
-``RuntimeWarning``; naming another backend ("cpu", "cuda", "triton", or "torch") raises
-``RuntimeError``. ``RNNKERNELS_BACKEND`` replaces "auto" (docs/BACKENDS.md).
+Backends with an sLSTM: "triton" (GPU; the fused Triton scan), "cpu" (the fused C++ scan), both
+with a hand-written reverse scan and fp32 state for half inputs, and "reference" (plain
+PyTorch, autograd, any device and dtype, float32 state for half inputs). ``backend="auto"``
+runs "triton" on a CUDA device, "cpu" where it can (the extension built), else the reference,
+and says so once in a ``RuntimeWarning``; naming a backend without an sLSTM ("cuda" or
+"torch") raises ``RuntimeError``. Double backward, forward-mode AD and torch.func run the
+reference loop on the fused backends too. ``RNNKERNELS_BACKEND`` replaces "auto"
+(docs/BACKENDS.md).
 
 Initialisation: torch.nn.LSTM's, U(-1/√H, 1/√H) for every parameter, so that with the same seed
 an ``SLSTM(I, H)`` starts with a torch.nn.LSTM(I, H)'s parameters (head-wise: the block diagonal
@@ -75,7 +79,7 @@ Args:
     input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device,
     dtype: as torch.nn.LSTM's (no ``proj_size``).
     num_heads: the heads of the head-wise recurrence (1: dense W_hh). Default: 1
-    backend: "auto" (default), "reference", or "cpu" / "cuda" / "triton" / "torch", which raise
+    backend: "auto" (default), "triton", "cpu", "reference", or "cuda" / "torch", which raise
         (no sLSTM kernel there yet).
 
 Inputs: input, (h_0, c_0, n_0, m_0)
@@ -185,7 +189,7 @@ class SLSTMCell(_SLSTMBase, torch.nn.RNNCellBase):
 Args:
     input_size, hidden_size, bias, device, dtype: as torch.nn.LSTMCell's.
     num_heads: the heads of the head-wise recurrence (1: dense W_hh). Default: 1
-    backend: "auto" (default), "reference", or "cpu" / "cuda" / "triton" / "torch", which raise
+    backend: "auto" (default), "triton", "cpu", "reference", or "cuda" / "torch", which raise
         (no sLSTM kernel there yet).
 
 Inputs: input, (h_0, c_0, n_0, m_0)

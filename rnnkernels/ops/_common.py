@@ -75,6 +75,25 @@ def differentiable_backward(*workspace_grads) -> bool:
     return torch.is_grad_enabled() or any(g is not None for g in workspace_grads)
 
 
+def reference_grads(outputs, grads, inputs, needs) -> list:
+    """The core of a differentiable backward (``differentiable_backward``): the gradients of
+    Σ ⟨output, grad⟩ over the outputs of a reference forward recomputed under grad mode, with
+    respect to ``inputs`` (a list aligned with the op's inputs, None where not a tensor), with
+    the graph kept (``create_graph``) so gradients of gradients are exact. None for an input
+    that needs no gradient (``needs``: ctx.needs_input_grad) or does not require one; zeros for
+    one the outputs do not reach. Outputs whose gradient is None are left out."""
+    wanted = [k for k, t in enumerate(inputs)
+              if needs[k] and t is not None and t.requires_grad]
+    pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+    result = [None] * len(inputs)
+    if wanted and pairs:
+        got = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted],
+                                  [g for _, g in pairs], create_graph=True, allow_unused=True)
+        for k, g in zip(wanted, got):
+            result[k] = torch.zeros_like(inputs[k]) if g is None else g
+    return result
+
+
 def reference():
     from ..backends import reference as ref
     return ref

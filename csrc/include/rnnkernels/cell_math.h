@@ -46,6 +46,15 @@ struct ExactMath {
   // h <= 0, as torch's threshold_backward: a NaN h passes v on.
   template <class T>
   static RNNK_HOST_DEVICE RNNK_INLINE T relu_mask(T h, T v) { return h <= T(0) ? T(0) : v; }
+  // The sLSTM's (below): exp and torch's log_sigmoid, min(x, 0) - log1p(exp(-|x|)).
+  static RNNK_HOST_DEVICE RNNK_INLINE float exp(float x) { return expf(x); }
+  static RNNK_HOST_DEVICE RNNK_INLINE double exp(double x) { return ::exp(x); }
+  static RNNK_HOST_DEVICE RNNK_INLINE float log_sigmoid(float x) {
+    return fminf(x, 0.0f) - log1pf(expf(-fabsf(x)));
+  }
+  static RNNK_HOST_DEVICE RNNK_INLINE double log_sigmoid(double x) {
+    return fmin(x, 0.0) - log1p(::exp(-fabs(x)));
+  }
 };
 
 // ------------------------------------------------------------------------------------- LSTM
@@ -233,6 +242,80 @@ RNNK_HOST_DEVICE RNNK_INLINE void lstm_ln_gates_bwd(T dct, T i, T f, T u, T c_pr
   dgf = dct * c_prev * f * (1 - f);
   dgg = dct * i * (1 - u * u);
   dc_prev = dct * f;
+}
+
+// -------------------------------------------------------------------------------- sLSTM
+// sLSTM (Beck et al. 2024, xLSTM; rnnkernels/slstm.py's `step`, the reference, differentiated
+// by autograd). Pre-activations gi, gf, gz, go (gate order i, f, z, o); states c, n, m:
+//   a   = m_{t-1} + log σ(gf)
+//   m_t = gi  where n_{t-1} == 0,  else max(gi, a)          (NaN propagates, as torch.maximum)
+//   i   = exp(min(gi - m_t, 0))    f = exp(min(a - m_t, 0))
+//   c_t = f ⊙ c_{t-1} + i ⊙ tanh(gz)   n_t = f ⊙ n_{t-1} + i   h_t = σ(go) ⊙ c_t / n_t
+// Works on scalars and on GCC vectors alike: comparisons give masks, `mask ? x : y` selects and
+// T{} is a zero of either kind. M supplies sigmoid, tanh, exp and log_sigmoid.
+template <class T>
+RNNK_HOST_DEVICE RNNK_INLINE T slstm_max(T x, T y) {  // torch.maximum: NaN in either → NaN
+  const T r = x > y ? x : y;
+  return x != x ? x : r;
+}
+template <class T>
+RNNK_HOST_DEVICE RNNK_INLINE T slstm_min0(T x) {  // clamp(max=0): NaN stays NaN
+  return x > 0 ? T{} : x;
+}
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE void slstm_cell_fwd(T gi, T gf, T gz, T go, T c_prev, T n_prev,
+                                                T m_prev, T& c, T& n, T& m, T& h) {
+  const T a = m_prev + M::log_sigmoid(gf);
+  m = n_prev == 0 ? gi : slstm_max(gi, a);
+  const T i = M::exp(slstm_min0(gi - m)), f = M::exp(slstm_min0(a - m));
+  c = f * c_prev + i * M::tanh(gz);
+  n = f * n_prev + i;
+  h = M::sigmoid(go) * c / n;
+}
+
+// Its backward: the chain rule of the forward above with torch's rules where they choose —
+// torch.where gives the unselected branch zero, torch.maximum splits the gradient half/half at
+// a tie (and gives it whole to both sides when either is NaN), clamp(max=0) passes it where
+// its input is ≤ 0 (at exactly 0 too). In: dh, dc, dn, dm = ∂L/∂ of h_t, c_t, n_t, m_t (the
+// carries plus this step's output gradient in dh), the pre-activations, the previous states
+// and c_t, n_t, m_t as the forward saved them. With so = σ(go), tz = tanh(gz), i, f, a as above:
+//   dn_t = dn - dh ⊙ so ⊙ c_t / n_t²       dc_t = dc + dh ⊙ so / n_t
+//   d go = dh ⊙ c_t / n_t ⊙ so(1-so)       d gz = dc_t ⊙ i ⊙ (1 - tz²)
+//   d(gi - m_t) = [gi - m_t ≤ 0] ⊙ (dc_t ⊙ tz + dn_t) ⊙ i
+//   d(a - m_t)  = [a - m_t ≤ 0]  ⊙ (dc_t ⊙ c_{t-1} + dn_t ⊙ n_{t-1}) ⊙ f
+//   dm_t' = dm - d(gi - m_t) - d(a - m_t)   (m_t's total gradient)
+//   where n_{t-1} == 0:  d gi = d(gi - m_t) + dm_t',  da = d(a - m_t)
+//   elsewhere, g = dm_t' (halved where gi == a):
+//                        d gi = d(gi - m_t) + [¬(gi < a)] g,  da = d(a - m_t) + [¬(gi > a)] g
+//   d gf = da ⊙ σ(-gf)  (log σ' = 1 - σ)   dc_{t-1} = dc_t ⊙ f   dn_{t-1} = dn_t ⊙ f
+//   dm_{t-1} = da
+// ∂L/∂h_{t-1} is [d gi, d gf, d gz, d go]·W_hh only (no direct path).
+template <class M, class T>
+RNNK_HOST_DEVICE RNNK_INLINE void slstm_cell_bwd(T dh, T dc, T dn, T dm, T gi, T gf, T gz, T go,
+                                                 T c_prev, T n_prev, T m_prev, T c, T n, T m,
+                                                 T& dgi, T& dgf, T& dgz, T& dgo, T& dc_prev,
+                                                 T& dn_prev, T& dm_prev) {
+  const T a = m_prev + M::log_sigmoid(gf);
+  const T di_arg = gi - m, df_arg = a - m;
+  const T i = M::exp(slstm_min0(di_arg)), f = M::exp(slstm_min0(df_arg));
+  const T tz = M::tanh(gz), so = M::sigmoid(go);
+  const T dq = dh / n;  // h = (so ⊙ c) / n
+  const T dnt = dn - dq * (so * c) / n;
+  const T dct = dc + dq * so;
+  dgo = dq * c * so * (1 - so);
+  dgz = dct * i * (1 - tz * tz);
+  const T dei = di_arg <= 0 ? (dct * tz + dnt) * i : T{};
+  const T def = df_arg <= 0 ? (dct * c_prev + dnt * n_prev) * f : T{};
+  const T dmt = dm - dei - def;
+  const T g = gi == a ? dmt / 2 : dmt;
+  const T first = n_prev == 0 ? dmt : T{};
+  const T rest = n_prev == 0 ? T{} : g;
+  dgi = dei + first + (gi < a ? T{} : rest);
+  const T da = def + (gi > a ? T{} : rest);
+  dgf = da * M::sigmoid(-gf);
+  dc_prev = dct * f;
+  dn_prev = dnt * f;
+  dm_prev = da;
 }
 
 }  // namespace rnnk

@@ -1,7 +1,8 @@
 """Gate math of the three cells as ``@triton.jit`` helpers: the one place each formula lives.
 
-Every forward and backward kernel of this package (``lstm.py``, ``gru.py``, ``rnn.py``) calls
-these helpers on fp32 register tiles; none spells a cell formula itself. The C++/CUDA twin is
+Every forward and backward kernel of this package (``lstm.py``, ``gru.py``, ``rnn.py``,
+``slstm_kernels.py``) calls these helpers on fp32 register tiles (fp64 in a float64 sLSTM under
+the interpreter); none spells a cell formula itself. The C++/CUDA twin is
 ``csrc/include/rnnkernels/cell_math.h`` (same function names); the oracle
 ``rnnkernels/backends/reference.py`` is written independently so that it can catch a mistake both
 share.
@@ -21,6 +22,8 @@ Backward, from the *activated* values the forward saved (σ' = σ(1-σ), tanh' =
   dr = dn⊙b_n⊙r(1-r); the recurrent GEMM sees dn⊙r for the n block;
   dh₋ (local part) = dh⊙z
 * RNN:  dpre = dh⊙(1-h²) (tanh) or dh⊙[h>0] (relu: 0 only where h <= 0, so NaN passes)
+* sLSTM (xLSTM; ``rnnkernels/slstm.py``): ``slstm_cell_fwd`` / ``slstm_cell_bwd``, the state
+  (c, n, m) and its gradient through the stabilizer m, as autograd takes it through ``slstm.step``
 
 Variants (docs/VARIANTS.md), options of the same helpers:
 
@@ -120,6 +123,76 @@ def lstm_cell_bwd(dhh, dc_next, i, f, u, o, c, c_prev, w_ci, w_cf, w_co, PEEP: t
     if PEEP:
         dc_prev = dc_prev + d_i * w_ci + d_f * w_cf
     return d_i, d_f, d_u, d_o, dc_prev
+
+
+# ---------------------------------------------------------------------------------------- sLSTM
+@triton.jit
+def log_sigmoid(x):
+    """log σ(x) = min(x, 0) - log(1 + exp(-|x|)): the exp never overflows; NaN passes."""
+    return tl.where(x < 0, x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def clamp_max0(x):
+    """torch's clamp(x, max=0): NaN passes (NaN > 0 is false)."""
+    return tl.where(x > 0, 0.0, x)
+
+
+@triton.jit
+def slstm_cell_fwd(g_i, g_f, g_z, g_o, c, n, m):
+    """Pre-activations ĩ, f̃, z̃, õ and the states (c, n, m) → (h, c, n, m) of the step, exactly
+    ``rnnkernels.slstm.step`` (its docstring has the equations): the first-step rule per element
+    (m = ĩ where n == 0), the clips as exp(min(·, 0)), torch.maximum's NaN propagation."""
+    lf = m + log_sigmoid(g_f)
+    m_new = tl.where(n == 0, g_i, tl.maximum(g_i, lf, propagate_nan=tl.PropagateNan.ALL))
+    i = tl.exp(clamp_max0(g_i - m_new))
+    f = tl.exp(clamp_max0(lf - m_new))
+    c_new = f * c + i * tanh(g_z)
+    n_new = f * n + i
+    return sigmoid(g_o) * c_new / n_new, c_new, n_new, m_new
+
+
+@triton.jit
+def slstm_cell_bwd(dh, dc_next, dn_next, dm_next, g_i, g_f, g_z, g_o, c, n, m, c_new, n_new,
+                   m_new):
+    """Gradients of the pre-activations and the previous states, exactly autograd's through
+    ``slstm.step`` (dh, dc_next, dn_next, dm_next: of the step's h, c, n, m)::
+
+        lf = m + log σ(f̃);  a_i = ĩ - m_t, a_f = lf - m_t;  i = e^min(a_i,0), f = e^min(a_f,0)
+        h = (σ(õ)·c_t)/n_t:  dõ = dh/n_t·c_t·σ'(õ);  dc = dc_next + dh/n_t·σ(õ);
+                             dn = dn_next - dh·σ(õ)c_t/n_t²
+        dz̃ = dc·i·(1-tanh²z̃);  di = dc·tanh z̃ + dn;  df = dc·c₋ + dn·n₋
+        ga_i = di·i·[a_i ≤ 0],  ga_f = df·f·[a_f ≤ 0]   (exp, then clamp(max=0): its gradient
+                                                         passes at exactly 0, not at NaN)
+        dm_t = dm_next - ga_i - ga_f                   (m_t enters a_i and a_f with sign -1)
+        m_t = where(n₋ == 0, ĩ, max(ĩ, lf)): where gives the unselected branch 0; torch.maximum
+              splits dm_t half/half where ĩ == lf, else all to the larger (both where NaN)
+        dĩ = ga_i + (dm_t if n₋ == 0 else dm_t·[ĩ ≥ lf]·(½ if equal))
+        dlf = ga_f + (0 if n₋ == 0 else dm_t·[lf ≥ ĩ]·(½ if equal))
+        df̃ = dlf·σ(-f̃) (d log σ);  dc₋ = dc·f,  dn₋ = dn·f,  dm₋ = dlf
+    """
+    lf = m + log_sigmoid(g_f)
+    a_i = g_i - m_new
+    a_f = lf - m_new
+    i = tl.exp(clamp_max0(a_i))
+    f = tl.exp(clamp_max0(a_f))
+    tz = tanh(g_z)
+    o = sigmoid(g_o)
+    dq = dh / n_new
+    d_o = dq * c_new * o * (1.0 - o)
+    dc = dc_next + dq * o
+    dn = dn_next - dh * (o * c_new) / (n_new * n_new)
+    d_z = dc * i * (1.0 - tz * tz)
+    ga_i = tl.where(a_i <= 0, (dc * tz + dn) * i, 0.0)
+    ga_f = tl.where(a_f <= 0, (dc * c + dn * n) * f, 0.0)
+    dm = dm_next - ga_i - ga_f
+    fresh = n == 0
+    tie = g_i == lf
+    to_i = tl.where(tie, dm * 0.5, tl.where(g_i < lf, 0.0, dm))
+    to_f = tl.where(tie, dm * 0.5, tl.where(g_i > lf, 0.0, dm))
+    d_i = ga_i + tl.where(fresh, dm, to_i)
+    dlf = ga_f + tl.where(fresh, 0.0, to_f)
+    return d_i, dlf * sigmoid(-g_f), d_z, d_o, dc * f, dn * f, dlf
 
 
 # ------------------------------------------------------------------------------------------ GRU
@@ -261,5 +334,6 @@ def head_carry(dg_next, w_ptr, ghn_ptr, local, act_next, rmask, rows64, cols, cm
 
 _plan.interpreter_direct_calls(globals(), [
     "sigmoid", "tanh", "mma", "lstm_cell_state", "lstm_cell_fwd", "lstm_cell_bwd",
+    "log_sigmoid", "clamp_max0", "slstm_cell_fwd", "slstm_cell_bwd",
     "gru_cell_fwd", "gru_cell_bwd", "rnn_cell_fwd", "rnn_cell_bwd", "zoneout", "zoneout_bwd",
     "load_keep", "head_w", "head_span", "head_gate_products", "head_carry"])

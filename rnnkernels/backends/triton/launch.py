@@ -37,7 +37,7 @@ scratch, ``sync``.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -98,6 +98,10 @@ class Kernels:
     backward_phases: tuple[str, ...] = ()
     forward_scratch: tuple[Scratch, ...] = ()
     backward_scratch: tuple[Scratch, ...] = ()
+    # True: a program owns whole heads of a head-wise recurrence (constexpr NH, the flag of the
+    # heads), which never exchange data: grid axis 1 is the NH heads, no barrier ever, and every
+    # strategy but ``step`` is one launch for the whole sequence (the sLSTM, ``slstm.py``).
+    head_programs: bool = False
     signatures: tuple[_Signature, _Signature] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -120,9 +124,11 @@ def workspace(shape, dtype, device, lengths) -> torch.Tensor:
     return t
 
 
-def _ping_pong(B: int, width: int, device, first=None, index: int = 0) -> torch.Tensor:
-    """[2, B, width] fp32, indexed by step parity; ``first`` goes into half ``index``."""
-    buf = empty((2, B, width), torch.float32, device)
+def _ping_pong(B: int, width: int, device, first=None, index: int = 0,
+               dtype=torch.float32) -> torch.Tensor:
+    """[2, B, width] in ``dtype`` (the accumulation dtype: fp32 but for a float64 scan),
+    indexed by step parity; ``first`` goes into half ``index``."""
+    buf = empty((2, B, width), dtype, device)
     if first is not None:
         buf[index].copy_(first)
     return buf
@@ -238,6 +244,16 @@ def _run(kernels: Kernels, backward: bool, bufs: dict, writes: tuple, sizes: dic
             check_sync(pl, bufs["sync"])
 
 
+def _head_plan(pl: _plan.Plan, flags: dict) -> _plan.Plan:
+    """The plan of a ``head_programs`` kernel: grid axis 1 the NH heads, no barrier, one launch
+    unless ``step``; the warps grow with the padded head width DP so that the resident
+    [DP, DP] blocks fit the registers (compiled for sm_90, ``aot``: 4 warps spill from DP = 32,
+    8 at DP = 128, where 16 barely spill), unless ``tuning(num_warps=...)`` says otherwise."""
+    warps = _plan._tuning.get().get("num_warps", {16: 4, 32: 8, 64: 8}.get(flags["DP"], 16))
+    return replace(pl, strategy="step" if pl.strategy == "step" else "persistent",
+                   nprog_h=flags["NH"], sync=0, num_warps=warps)
+
+
 def _common(kernels: Kernels, ref: torch.Tensor, w_hh, h0, lengths, reverse, flags):
     """Sizes, plan and the constexprs every launch of the scan shares; ``ref`` gives the
     scan's device and dtype (xp forward, h0 backward)."""
@@ -246,8 +262,11 @@ def _common(kernels: Kernels, ref: torch.Tensor, w_hh, h0, lengths, reverse, fla
     H = spec.hidden_size(w_hh)
     proj = bool(flags.get(PROJ_PHASE, False))
     # ``resident`` runs the plain cells (resident.py); the others take auto's strategy there
-    plain = not proj and not any(flags.get(k) for k in VARIANT_FLAGS)
+    plain = not proj and not kernels.head_programs and not any(
+        flags.get(k) for k in VARIANT_FLAGS)
     pl = _plan.make_plan(ref.device, ref.dtype, B, H, P, proj, cell=spec if plain else None)
+    if kernels.head_programs:
+        pl = _head_plan(pl, flags)
     known = dict(HAS_LEN=lengths is not None, REVERSE=bool(reverse), G=spec.gates,
                  DOT_F32=pl.dot_f32, BB=pl.BB, BH=pl.BH, BK=pl.BK, **flags)
     return spec, B, H, P, proj, pl, known
@@ -266,7 +285,7 @@ def forward(kernels: Kernels, xp, states, w_hh, lengths, reverse, save, inputs=N
     out = empty((T, B, P), dt, dev)
     ws = {name: workspace((T, B, width * H) if save else (0,), acc, dev, lengths)
           for name, width in spec.workspaces}
-    pp = {name: _ping_pong(B, P if k == 0 else H, dev, first=x)
+    pp = {name: _ping_pong(B, P if k == 0 else H, dev, first=x, dtype=acc)
           for k, (name, x) in enumerate(zip(spec.states, states))}
     dummy = pp[spec.states[0]]
     bufs = dict(xp=xp, w_hh=w_hh, out=out, **pp)
@@ -292,9 +311,9 @@ def backward(kernels: Kernels, grad_out, grad_finals, states, w_hh, lengths, rev
     T, dt, dev = grad_out.shape[0], h0.dtype, h0.device
     dxp = empty((T, B, spec.gates * H), dt, dev)
     dh0 = empty((B, P), dt, dev)
-    dg = _ping_pong(B, spec.gates * H, dev)
+    dg = _ping_pong(B, spec.gates * H, dev, dtype=acc_dtype(dt))
     # the gradient of a state after h enters step T-1 from the scan's output: half T % 2
-    carry = {f"d{n}": _ping_pong(B, H, dev, first=g, index=T % 2)
+    carry = {f"d{n}": _ping_pong(B, H, dev, first=g, index=T % 2, dtype=acc_dtype(dt))
              for n, g in zip(spec.states[1:], grad_finals[1:])}
     dh = (empty((T, B, P) if proj else (0,), acc_dtype(dt), dev),) if spec.projection else ()
     bufs = dict(grad_out=grad_out, w_hh=w_hh, out=out, dxp=dxp, dh0=dh0, dg=dg, **carry)

@@ -205,18 +205,10 @@ def _reference_backward(ctx, saved, grad_out, grad_hn, grad_cn):
     with torch.enable_grad():
         out, finals = reference_variants.scan(CELLS[ctx.cell], xp, states, w_hh, w_hr, b_hn,
                                               lengths, ctx.reverse, ctx.relu, variant)
-    wanted = [(k, t) for k, t in enumerate(saved[:10])
-              if ctx.needs_input_grad[k] and t is not None and t.requires_grad]
-    outputs = (out, *finals)
-    grads = (grad_out, grad_hn, grad_cn)[:len(outputs)]
-    pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
-    result = [None] * len(_INPUTS)
-    if wanted and pairs:
-        got = torch.autograd.grad([o for o, _ in pairs], [t for _, t in wanted],
-                                  [g for _, g in pairs], create_graph=True, allow_unused=True)
-        for (k, t), g in zip(wanted, got):
-            result[k] = torch.zeros_like(t) if g is None else g
-    return result
+        outputs = (out, *finals)
+        grads = (grad_out, grad_hn, grad_cn)[:len(outputs)]
+        return C.reference_grads(outputs, grads, list(saved[:len(_INPUTS)]),
+                                 ctx.needs_input_grad)
 
 
 def _backward(ctx, grad_out, grad_hn, grad_cn, grad_ws0, grad_ws1):
