@@ -178,6 +178,24 @@ def test_interpreter_switches():
         plan.make_plan(torch.device("cpu"), torch.float32, 3, 33, 33, False)
 
 
+def test_float32_products_follow_torchs_matmul_precision(monkeypatch):
+    """float32 products are IEEE unless torch lets its own float32 matmuls use TF32 (planned
+    for an Ampere-or-later GPU without one)."""
+    from rnnkernels.backends.triton import plan
+    monkeypatch.setattr(plan, "INTERPRET", False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    gpu, prec = torch.device("cuda"), torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert plan.dot_f32(torch.float32, gpu) == plan.DOT_IEEE
+        torch.set_float32_matmul_precision("high")
+        assert plan.dot_f32(torch.float32, gpu) == plan.DOT_TF32
+        assert plan.dot_f32(torch.float32, torch.device("cpu")) == plan.DOT_IEEE
+        assert plan.dot_f32(torch.bfloat16, gpu) == plan.DOT_HALF
+    finally:
+        torch.set_float32_matmul_precision(prec)
+
+
 # ----------------------------------------------------------------------------------- CUDA only
 @cuda_only
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

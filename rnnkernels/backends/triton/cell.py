@@ -64,13 +64,16 @@ def tanh(x):
 def mma(acc, a, b, DOT_F32: tl.constexpr):
     """acc + a @ b for register tiles a [M, K] (fp32 state) and b [K, N] (weights).
 
-    DOT_F32: both operands in fp32, ``input_precision="ieee"`` (no TF32), used for float32 and,
-    under ``TRITON_INTERPRET=1``, for bfloat16, because the interpreter's bf16 ``tl.dot`` returns
-    garbage (triton 3.9); the GPU bf16 path is covered by a CUDA-only test. Otherwise ``a`` is
-    rounded to the weights' half type and the product runs on the tensor cores, accumulating in
-    fp32 (as cuDNN does for half RNNs).
+    DOT_F32 (``plan.dot_f32``): 1 = both operands in fp32, ``input_precision="ieee"`` (no TF32),
+    used for float32 and, under ``TRITON_INTERPRET=1``, for bfloat16, because the interpreter's
+    bf16 ``tl.dot`` returns garbage (triton 3.9; the GPU bf16 path is covered by a CUDA-only
+    test); 2 = fp32 operands as TF32 on the tensor cores, where torch's float32 matmul precision
+    allows TF32; 0 = ``a`` rounded to the weights' half type and the product on the tensor cores,
+    accumulating in fp32 (as cuDNN does for half RNNs).
     """
-    if DOT_F32:
+    if DOT_F32 == 2:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="tf32")
+    elif DOT_F32 == 1:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     else:
         return tl.dot(a.to(b.dtype), b, acc)

@@ -138,7 +138,7 @@ class Plan:
     num_stages: int
     nprog_h: int        # programs along the hidden axis (step: tiles; persistent: 1)
     sync: int           # phase_sync mode: 0 launch boundary, 1 CTA barrier, 2 grid barrier
-    dot_f32: bool       # see cell.mma
+    dot_f32: int        # DOT_HALF, DOT_IEEE or DOT_TF32 (dot_f32(), cell.mma)
 
     def grid_b(self, B: int) -> int:
         return triton_cdiv(B, self.BB)
@@ -166,15 +166,28 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def dot_f32(dtype: torch.dtype, device: torch.device) -> bool:
+DOT_HALF, DOT_IEEE, DOT_TF32 = 0, 1, 2   # the kernels' DOT_F32 (cell.mma)
+
+
+def dot_f32(dtype: torch.dtype, device: torch.device) -> int:
+    """How the kernels' recurrent products run (``cell.mma``): DOT_HALF on the tensor cores in
+    the weights' half type; DOT_IEEE in fp32 with IEEE FMAs; DOT_TF32 in fp32 on the tensor
+    cores as TF32, for float32 on an Ampere-or-later GPU only where torch's own float32 matmuls
+    may use TF32 (``torch.set_float32_matmul_precision("high")`` or
+    ``torch.backends.cuda.matmul.allow_tf32 = True``): the op's input projection (``torch.mm``)
+    then runs in TF32 too, so the whole layer follows the user's one switch. Read per scan."""
     if dtype == torch.float32:
-        return True
+        if (device.type == "cuda" and not INTERPRET
+                and torch.get_float32_matmul_precision() != "highest"
+                and torch.cuda.get_device_capability(device) >= (8, 0)):
+            return DOT_TF32
+        return DOT_IEEE
     if dtype == torch.bfloat16:
         if INTERPRET:
-            return True  # the interpreter's bf16 tl.dot is wrong (triton 3.9); see cell.mma
+            return DOT_IEEE  # the interpreter's bf16 tl.dot is wrong (triton 3.9); see cell.mma
         if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
-            return True  # no bf16 tensor cores before Ampere
-    return False
+            return DOT_IEEE  # no bf16 tensor cores before Ampere
+    return DOT_HALF
 
 
 def _gpu_tiles(dtype: torch.dtype) -> tuple[int, int, int]:
