@@ -6,7 +6,7 @@ machine, the cell, inference vs training, the dtype, the batch and the hidden si
 does not guess: it reads a plan that ``python -m bench.plan`` measured, committed as data in
 ``rnnkernels/plans/<device type>.json`` (``cpu.json``, ``cuda.json``; package data). Schema 1::
 
-    {"schema": 1, "device": "cpu", "threshold": 1.0,
+    {"schema": 1, "device": "cpu", "threshold": 1.03,
      "tables": {"<key>": {"measured": {"date", "cpu_model", "torch", "threads", "git_sha", ...},
                           "points": [{"cell": "LSTM", "mode": "fwd", "dtype": "float32",
                                       "B": 64, "H": 256, "T": 100, "ratio": 0.69}, ...]}}}
@@ -58,7 +58,10 @@ import torch
 from . import config
 
 SCHEMA = 1
-DEFAULT_THRESHOLD = 1.0
+# Ours keeps a call only where measured at least 3 % faster: a tie within a shared machine's
+# noise goes to torch's kernel, which costs the user nothing (make bench: a 1.0003 point lost
+# 0.93x when run again).
+DEFAULT_THRESHOLD = 1.03
 PLANS_DIR = Path(__file__).resolve().parent.parent / "plans"
 MODES = ("fwd", "fwdbwd")
 
