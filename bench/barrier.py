@@ -3,7 +3,7 @@
     python -m bench.barrier [--programs 128] [--iters 2000] [--out DIR]
 
 One cooperative launch of ``--programs`` programs (at most one per SM) runs ``--iters`` rounds of
-``resident._arrive`` / ``resident._wait`` (release add, acquire-load spin), the barrier every
+``tiles.grid_arrive`` / ``tiles.grid_wait`` (release add, acquire-load spin), the barrier every
 resident scan step pays; ``exchange`` rounds also do what a forward step does around it
 without the arithmetic: load the whole h_{t-1} [BB, H] the others wrote, store the own U units of
 h_t. Batch rows BB ∈ {1, 16} (B = 64 runs 4 groups of 16 on their own counters) at H = 512.
@@ -27,7 +27,7 @@ except ImportError:  # the bench runs without triton: it says so and exits
 
 if triton is not None:
     from rnnkernels.backends.triton import plan as _plan
-    from rnnkernels.backends.triton.resident import _arrive, _wait
+    from rnnkernels.backends.triton.tiles import grid_arrive, grid_wait
 
     @triton.jit
     def _barrier_kernel(sync_ptr, h_ptr, iters, B, H, EXCHANGE: tl.constexpr,
@@ -47,8 +47,8 @@ if triton is not None:
                 nxt = h_ptr + ((it + 1) % 2) * B * H
                 tl.store(nxt + rows[:, None] * H + units[None, :], new,
                          mask=mask & (units < H)[None, :])
-            _arrive(counter)
-            _wait(counter, (it + 1) * nprog, sync_ptr + tl.num_programs(1))
+            grid_arrive(counter)
+            grid_wait(counter, (it + 1) * nprog, sync_ptr + tl.num_programs(1))
 
 
 def measure(programs: int, B: int, H: int, exchange: bool, iters: int) -> float:

@@ -255,3 +255,20 @@ def routing_warnings():
         warnings.simplefilter("always")
         yield said
     said.extend(str(w.message) for w in seen if issubclass(w.category, RuntimeWarning))
+
+
+def assert_forward_modes_match(ours, reference, x, assert_close):
+    """jvp, torch.func.grad and forward-mode AD (``make_dual``) through ``ours(x)[0]`` equal
+    them through ``reference(x)[0]`` (the modes a fused backend hands to the reference loop:
+    never a zero tangent). ``assert_close(got, want, what)``."""
+    import torch.autograd.forward_ad as fwAD
+    tangent = torch.randn_like(x)
+    modules = (ours, reference)
+    got, want = (torch.func.jvp(lambda v: m(v)[0], (x,), (tangent,)) for m in modules)
+    for a, e in zip(got, want):
+        assert_close(a, e, "jvp")
+    got, want = (torch.func.grad(lambda v: m(v)[0].sum())(x) for m in modules)
+    assert_close(got, want, "torch.func.grad")
+    with fwAD.dual_level():
+        got, want = (fwAD.unpack_dual(m(fwAD.make_dual(x, tangent))[0]).tangent for m in modules)
+    assert_close(got, want, "forward-mode AD")

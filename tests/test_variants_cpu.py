@@ -22,7 +22,8 @@ from rnnkernels.backends import compiled, cpu_variants, reference_variants
 from rnnkernels.cells import CELLS
 from rnnkernels.variants import ScanVariant
 from tests import test_variants as TV
-from tests.helpers import DTYPE_NAMES, assert_close, our_class, routing_warnings
+from tests.helpers import (DTYPE_NAMES, assert_close, assert_forward_modes_match, our_class,
+                           routing_warnings)
 
 _WHY_NOT = backends.why_not("cpu", "cpu", torch.float32)
 pytestmark = pytest.mark.skipif(_WHY_NOT is not None,
@@ -206,17 +207,7 @@ def test_double_backward_runs_the_reference_loop():
 
 def test_forward_ad_and_torch_func_run_the_reference_loop():
     x = torch.randn(5, 2, 3, dtype=torch.float64)
-    tangent = torch.randn_like(x)
-    modules = [_lstm(b) for b in ("cpu", "reference")]
-    got, want = (torch.func.jvp(lambda v: m(v)[0], (x,), (tangent,)) for m in modules)
-    for a, e in zip(got, want):
-        assert_close(a, e, "jvp")
-    got, want = (torch.func.grad(lambda v: m(v)[0].sum())(x) for m in modules)
-    assert_close(got, want, "torch.func.grad")
-    import torch.autograd.forward_ad as fwAD
-    with fwAD.dual_level():
-        got, want = (fwAD.unpack_dual(m(fwAD.make_dual(x, tangent))[0]).tangent for m in modules)
-    assert_close(got, want, "forward-mode AD")
+    assert_forward_modes_match(_lstm("cpu"), _lstm("reference"), x, assert_close)
 
 
 def test_torch_compile_fullgraph():

@@ -24,7 +24,7 @@ from rnnkernels.cells import CELLS
 from rnnkernels.variants import LAYER_NORM_EPS, LayerNormScan, ScanVariant
 from tests import test_variants as TV
 from tests import test_variants_ln as TLN
-from tests.helpers import DTYPE_NAMES, assert_close, routing_warnings
+from tests.helpers import DTYPE_NAMES, assert_close, assert_forward_modes_match, routing_warnings
 from tests.test_cpu_backend import _isa_available
 from tests.test_variants_cpu import on_cpu  # noqa: F401  (fixtures)
 from tests.test_variants_ln import ln_oracle  # noqa: F401
@@ -230,19 +230,9 @@ def test_double_backward_runs_the_reference_loop(mode):
 
 def test_forward_ad_and_torch_func_run_the_reference_loop():
     x = torch.randn(5, 2, 3, dtype=torch.float64)
-    tangent = torch.randn_like(x)
     for mode in ("LSTM", "GRU"):
-        modules = [_module(mode, b).eval() for b in ("cpu", "reference")]   # zoneout: p
-        got, want = (torch.func.jvp(lambda v: m(v)[0], (x,), (tangent,)) for m in modules)
-        for a, e in zip(got, want):
-            assert_close(a, e, "jvp")
-        got, want = (torch.func.grad(lambda v: m(v)[0].sum())(x) for m in modules)
-        assert_close(got, want, "torch.func.grad")
-        import torch.autograd.forward_ad as fwAD
-        with fwAD.dual_level():
-            got, want = (fwAD.unpack_dual(m(fwAD.make_dual(x, tangent))[0]).tangent
-                         for m in modules)
-        assert_close(got, want, "forward-mode AD")
+        ours, ref = (_module(mode, b).eval() for b in ("cpu", "reference"))   # zoneout: p
+        assert_forward_modes_match(ours, ref, x, assert_close)
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])

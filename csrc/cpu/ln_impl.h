@@ -21,22 +21,27 @@ namespace RNNK_CPU_ISA {
 
 namespace {
 
+// A scan's states in or out: h, and for the LSTM c (n elements each).
+template <Cell C, class A>
+void copy_states(A* h, const void* h_src, A* c, const void* c_src, int64_t n) {
+  copy_row(h, h_src, n);
+  if (C == Cell::kLSTM) copy_row(c, c_src, n);
+}
+
 template <Cell C, class A>
 Status forward_impl(const LayerNormArgs& v, const ForwardScratch& w, GemmCallback gemm) {
   const ScanArgs& a = v.var.scan;
   const LnRow<C, A> row(v);
   const int64_t T = a.sched.T, B = a.sched.B, H = a.H, GH = row.GH;
   A *h = static_cast<A*>(w.h), *c = static_cast<A*>(w.c), *gh = static_cast<A*>(w.gh);
-  copy_row(h, a.h0, B * H);
-  if (C == Cell::kLSTM) copy_row(c, a.c0, B * H);
+  copy_states<C>(h, a.h0, c, a.c0, B * H);
   for (int64_t s = 0; s < T; ++s) {
     if (!gemm(GemmOp::kGates)) return Status::error(kErrorUnsupported, "gates GEMM failed");
     for_rows(B, GH, v.threads, [&](int64_t b, int) {
       row.forward_step(s, b, gh + b * GH, h + b * H, c + b * H);
     });
   }
-  copy_row(static_cast<A*>(a.h_n), h, B * H);
-  if (C == Cell::kLSTM) copy_row(static_cast<A*>(a.c_n), c, B * H);
+  copy_states<C>(static_cast<A*>(a.h_n), h, static_cast<A*>(a.c_n), c, B * H);
   return Status::success();
 }
 
@@ -47,8 +52,7 @@ Status backward_impl(const LayerNormArgs& v, const BackwardScratch& w, GemmCallb
   const int64_t T = a.sched.T, B = a.sched.B, H = a.H, GH = row.GH;
   A *dh = static_cast<A*>(w.dh), *dc = static_cast<A*>(w.dc), *dg = static_cast<A*>(w.dgates);
   A* dp = static_cast<A*>(v.dparams);
-  copy_row(dh, a.grad_hn, B * H);
-  if (C == Cell::kLSTM) copy_row(dc, a.grad_cn, B * H);
+  copy_states<C>(dh, a.grad_hn, dc, a.grad_cn, B * H);
   for (int64_t s = T - 1; s >= 0; --s) {
     for_rows(B, GH, v.threads, [&](int64_t b, int thread) {
       row.backward_step(s, b, dh + b * H, dc + b * H, dg + b * GH,
@@ -57,8 +61,7 @@ Status backward_impl(const LayerNormArgs& v, const BackwardScratch& w, GemmCallb
     if (!gemm(GemmOp::kRecurrent))
       return Status::error(kErrorUnsupported, "recurrent GEMM failed");
   }
-  copy_row(static_cast<A*>(a.dh0), dh, B * H);
-  if (C == Cell::kLSTM) copy_row(static_cast<A*>(a.dc0), dc, B * H);
+  copy_states<C>(static_cast<A*>(a.dh0), dh, static_cast<A*>(a.dc0), dc, B * H);
   return Status::success();
 }
 
@@ -75,8 +78,7 @@ Status forward_own(const LayerNormArgs& v, const ForwardScratch& w) {
   A *h = static_cast<A*>(w.h), *c = static_cast<A*>(w.c), *gh = static_cast<A*>(w.gh);
   A* Wp = static_cast<A*>(w.pack);
   if (!Wp) return Status::error(kErrorUnsupported, "layer norm: no panel buffer");
-  copy_row(h, a.h0, B * H);
-  if (C == Cell::kLSTM) copy_row(c, a.c0, B * H);
+  copy_states<C>(h, a.h0, c, a.c0, B * H);
   const int nthreads = RNNK_CPU_ISA::variant_threads(v.var, v.threads);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
@@ -106,8 +108,7 @@ Status forward_own(const LayerNormArgs& v, const ForwardScratch& w) {
         row.forward_step(s, b, gh + b * GH, h + b * H, c + b * H);
     }
   }
-  copy_row(static_cast<A*>(a.h_n), h, B * H);
-  if (C == Cell::kLSTM) copy_row(static_cast<A*>(a.c_n), c, B * H);
+  copy_states<C>(static_cast<A*>(a.h_n), h, static_cast<A*>(a.c_n), c, B * H);
   return Status::success();
 }
 
@@ -122,8 +123,7 @@ Status backward_own(const LayerNormArgs& v, const BackwardScratch& w) {
   const A* W = static_cast<const A*>(a.w_hh);
   A *dh = static_cast<A*>(w.dh), *dc = static_cast<A*>(w.dc), *dg = static_cast<A*>(w.dgates);
   A* dp = static_cast<A*>(v.dparams);
-  copy_row(dh, a.grad_hn, B * H);
-  if (C == Cell::kLSTM) copy_row(dc, a.grad_cn, B * H);
+  copy_states<C>(dh, a.grad_hn, dc, a.grad_cn, B * H);
   const int nthreads = RNNK_CPU_ISA::variant_threads(v.var, v.threads);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
@@ -153,8 +153,7 @@ Status backward_own(const LayerNormArgs& v, const BackwardScratch& w) {
 #pragma omp barrier
     }
   }
-  copy_row(static_cast<A*>(a.dh0), dh, B * H);
-  if (C == Cell::kLSTM) copy_row(static_cast<A*>(a.dc0), dc, B * H);
+  copy_states<C>(static_cast<A*>(a.dh0), dh, static_cast<A*>(a.dc0), dc, B * H);
   return Status::success();
 }
 

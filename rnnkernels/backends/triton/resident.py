@@ -29,10 +29,11 @@ rows) and summed by the owners of the units after the barrier: there is no 4H-lo
 The s = -1 pass only sums the partials of step 0 into dh0. dW_hh and dx stay one GEMM each after
 the scan (the op's, as for every strategy).
 
-The barrier (``_arrive`` / ``_wait``) is a monotonically growing int32 counter per batch group:
-arrive = CTA barrier, then one release atomic add; wait = spin on an acquire *load* (inline PTX
-``ld.acquire.gpu``, not an atomic read-modify-write, so the spinning programs do not contend for
-the line the others are adding to), with the timeout flag of ``tiles.phase_sync``. Launched
+The barrier (``tiles.grid_arrive`` / ``grid_wait``, the one of ``persistent-grid`` too) is a
+monotonically growing int32 counter per batch group: arrive = CTA barrier, then one release
+atomic add; wait = spin on an acquire *load* (inline PTX ``ld.acquire.gpu``, not an atomic
+read-modify-write, so the spinning programs do not contend for the line the others are adding
+to), with a timeout flag so a barrier that cannot complete makes the launcher raise. Launched
 cooperatively (``plan.Plan.launch_options``), never with more programs than SMs.
 
 Under ``TRITON_INTERPRET=1`` (programs run one after another) the same kernels run one step per
@@ -52,34 +53,8 @@ import triton.language as tl
 from . import plan as _plan
 from .cell import gru_cell_bwd, gru_cell_fwd, lstm_cell_bwd, lstm_cell_fwd, mma, rnn_cell_bwd, \
     rnn_cell_fwd
-from .tiles import (forward_step, load_tile, ping_pong, previous_state, program_tile,
-                    step_schedule, store_tile)
-
-# ------------------------------------------------------------------------------------ barrier
-@triton.jit
-def _arrive(counter):
-    """This program's writes of the step are done: every thread's (CTA barrier), then published
-    with one release add."""
-    tl.debug_barrier()
-    tl.atomic_add(counter, 1, sem="release", scope="gpu")
-
-
-@triton.jit
-def _wait(counter, target, flag):
-    """Spin until ``counter`` reaches ``target``, reading it with an acquire load (after which the
-    writes the arrivals released are visible). A spin past 2**22 polls (seconds) means the
-    programs are not co-resident: set ``flag`` and go on, so the launcher raises (never a hang)."""
-    seen = tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [counter],
-                                     dtype=tl.int32, is_pure=False, pack=1)
-    polls = 0
-    while (seen < target) & (polls < 4194304):
-        seen = tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l",
-                                         [counter], dtype=tl.int32, is_pure=False, pack=1)
-        polls += 1
-    if seen < target:
-        tl.atomic_xchg(flag, 1)
-    tl.debug_barrier()
-
+from .tiles import (forward_step, grid_arrive, grid_wait, load_tile, ping_pong, previous_state,
+                    program_tile, step_schedule, store_tile)
 
 # ------------------------------------------------------------------------------ gate layout
 @triton.jit
@@ -264,7 +239,7 @@ def _resident_fwd_kernel(
             x3 = load_tile(xp_ptr, g_row + 3 * H, rmask, units, umask)
         if SYNC == 2:
             if it > 0:
-                _wait(counter, it * nprog, sync_ptr + tl.num_programs(0))
+                grid_wait(counter, it * nprog, sync_ptr + tl.num_programs(0))
         acc = _gate_product(h_cur, rows64, rmask, w_t, ks, kmask, B, H, DOT_F32, BB, U * G4, KC,
                             KP)
         a0, a1, a2, a3 = _split_gates(acc, BB, U, G4)
@@ -293,7 +268,7 @@ def _resident_fwd_kernel(
         store_tile(h_nxt, rows64 * H, rmask, units, umask, h_own)
         store_tile(out_ptr, u_row, rmask, units, umask, tl.where(act2, h_new, 0.0))
         if SYNC == 2:
-            _arrive(counter)
+            grid_arrive(counter)
     if CELL == 0:   # c left the registers only here: the half the next step (launch) reads
         last = ((s_first + n_steps) % 2).to(tl.int64)
         store_tile(c_ptr + last * B * H, rows64 * H, rmask, units, umask, c_own)
@@ -332,7 +307,7 @@ def _resident_bwd_kernel(
         if s < T - 1:
             if SYNC == 2:
                 if it > 0:
-                    _wait(counter, it * nprog, sync_ptr + tl.num_programs(0))
+                    grid_wait(counter, it * nprog, sync_ptr + tl.num_programs(0))
             par = ((s + 1) % 2).to(tl.int64)
             rec = _sum_partials(part_ptr + par * nprog * B * H, nprog, rows64, act_next, units,
                                 umask, B, H, BB, U, RB)
@@ -379,7 +354,7 @@ def _resident_bwd_kernel(
             _store_partial(part_ptr + (par * nprog + pid_c) * B * H, dg, w, rows64, rmask, ks,
                            kmask, B, H, DOT_F32, BB, U * G4, KC, KP)
             if SYNC == 2:
-                _arrive(counter)
+                grid_arrive(counter)
         else:
             store_tile(dh0_ptr, rows64 * H, rmask, units, umask, dh_own)
     store_tile(dh_ptr, rows64 * H, rmask, units, umask, dh_own)

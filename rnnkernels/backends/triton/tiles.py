@@ -98,35 +98,54 @@ def prev_time(t, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def grid_arrive(counter):
+    """This program's writes of the phase are done: every thread's (CTA barrier), then published
+    with one release add on the group's monotonically growing counter."""
+    tl.debug_barrier()
+    tl.atomic_add(counter, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _load_acquire(counter):
+    """counter[0] read with an acquire load (inline PTX: triton has no acquire load), so the
+    spin does not contend, as an atomic read-modify-write would, for the line others add to."""
+    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [counter],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def grid_wait(counter, target, flag):
+    """Spin until ``counter`` reaches ``target`` (after which the writes the arrivals released
+    are visible), then a CTA barrier so no thread runs ahead of the spinning one. A spin past
+    2**22 polls (seconds; a phase takes micro- to milliseconds) means the programs are not
+    co-resident: set ``flag`` and go on, so the launcher raises instead of the GPU hanging."""
+    seen = _load_acquire(counter)
+    polls = 0
+    while (seen < target) & (polls < 4194304):
+        seen = _load_acquire(counter)
+        polls += 1
+    if seen < target:
+        tl.atomic_xchg(flag, 1)
+    tl.debug_barrier()
+
+
+@triton.jit
 def phase_sync(sync_ptr, n_sync, SYNC: tl.constexpr):
     """Barrier number ``n_sync`` (0, 1, 2, ... in program order) between dependent phases.
 
     SYNC=0: nothing (one launch per phase: the launch boundary is the barrier).
     SYNC=1: ``__syncthreads``, which also makes this CTA's global writes visible to itself.
     SYNC=2: grid barrier of the programs that share this batch tile (grid axis 1), on the int32
-    counter ``sync_ptr[program_id(0)]``. Arrive with a release atomic after a CTA barrier (so the
-    writes of every thread are ordered before it), spin with acquire reads until all have arrived
-    at this barrier (count (n_sync+1)·nprog: the counter is never reset, so there is no reset
-    race), then a CTA barrier so no thread runs ahead of the spinning one. A spin that outlasts
-    ``2**22`` polls (seconds; a phase takes micro- to milliseconds) means the programs are not
-    co-resident: it sets the flag ``sync_ptr[num_programs(0)]`` and goes on, so the launcher
-    raises instead of the GPU hanging.
+    counter ``sync_ptr[program_id(0)]`` (``grid_arrive`` / ``grid_wait``): all have arrived at
+    this barrier when it reads (n_sync+1)·nprog (the counter is never reset, so there is no reset
+    race); the timeout flag is ``sync_ptr[num_programs(0)]``.
     """
     if SYNC == 1:
         tl.debug_barrier()
     if SYNC == 2:
         counter = sync_ptr + tl.program_id(0)
-        target = (n_sync + 1) * tl.num_programs(1)
-        tl.debug_barrier()
-        tl.atomic_add(counter, 1, sem="release", scope="gpu")
-        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
-        polls = 0
-        while (seen < target) & (polls < 4194304):
-            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
-            polls += 1
-        if seen < target:
-            tl.atomic_xchg(sync_ptr + tl.num_programs(0), 1)
-        tl.debug_barrier()
+        grid_arrive(counter)
+        grid_wait(counter, (n_sync + 1) * tl.num_programs(1), sync_ptr + tl.num_programs(0))
 
 
 @triton.jit
@@ -219,5 +238,5 @@ def previous_state(seq_ptr, init_ptr, s, t, active, rows64, B, W, cols, cmask,
 
 _plan.interpreter_direct_calls(globals(), [
     "program_tile", "step_schedule", "forward_step", "backward_step", "ping_pong", "tile_cols",
-    "prev_time", "phase_sync", "load_tile", "store_tile", "load_w", "tile_product",
+    "prev_time", "grid_arrive", "grid_wait", "phase_sync", "load_tile", "store_tile", "load_w", "tile_product",
     "gate_products", "recurrent_carry", "previous_state"])
