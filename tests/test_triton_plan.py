@@ -82,7 +82,7 @@ def test_resident_plan_and_layout(monkeypatch):
     """``resident`` planned for an H200 without one (132 SMs pretended): exact rows below 16
     (a GEMV per row), groups of 16 above; units a program doubled until the groups fit the SMs;
     a clear error past them; auto's strategy for what it does not run; W_hh's [unit][gate]
-    layout with zero padding gates and units."""
+    layout with zero padding gates and units; the projection's plan and W_hr layouts."""
     from rnnkernels.backends.triton import plan
     from rnnkernels.backends.triton import resident_launch as RL
     from rnnkernels.cells import CELLS
@@ -108,7 +108,24 @@ def test_resident_plan_and_layout(monkeypatch):
         assert plan.make_plan(dev, torch.float32, 3, 33, 17, True).strategy == auto
         assert plan.make_plan(dev, torch.float32, 3, 33, 33, False,
                               cell=CELLS["gru"]).strategy == "resident"
-    H, U = 5, 4
+    # with a projection (resident_proj.py): K = P for W_hh, both phases' blocks in the budget;
+    # (BB, U, programs, KC, UP columns of P a program, (KCR, KPR) of the forward's W_hr)
+    proj = {B: (p.BB, p.BH, p.nprog_h, p.BK, RL.proj_columns(p, 256), RL.proj_chunks(p, 512, 256))
+            for B in (1, 16)
+            for p in [RL.make_plan(CELLS["lstm"], gpu, torch.float32, B, 512, {}, P=256)]}
+    assert proj == {1: (1, 4, 128, 256, 2, (512, 512)), 16: (16, 4, 128, 64, 16, (64, 512))}
+    P, H, U = 6, 5, 4
+    w_hr = torch.arange(P * H, dtype=torch.float32).reshape(P, H)
+    fwd, bwd = RL.reorder_proj(w_hr, U, 4, False), RL.reorder_proj(w_hr, U, 4, True)
+    assert fwd.shape == (2, 4, H) and torch.equal(fwd.reshape(-1, H)[:P], w_hr)
+    assert not fwd.reshape(-1, H)[P:].any()
+    assert bwd.shape == (2, U * 4, P)
+    for c in range(2):
+        for u in range(U):
+            for g in range(4):
+                unit = c * U + u
+                want = w_hr[:, unit] if g == 0 and unit < H else torch.zeros(P)
+                assert torch.equal(bwd[c, u * 4 + g], want), (c, u, g)
     w = torch.arange(3 * H * H, dtype=torch.float32).reshape(3 * H, H)
     assert RL.make_plan(CELLS["lstm"], gpu, torch.float32, 3, 33, {"block_k": 16}).BK == 16
     r = RL.reorder(w, CELLS["gru"], U)
@@ -121,13 +138,14 @@ def test_resident_plan_and_layout(monkeypatch):
                 assert torch.equal(r[c, u * 4 + g], want), (c, u, g)
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
-def test_resident_streamed_product(cell):
-    """``resident`` with W_own streamed 16 columns at a time (what large H takes on a GPU): the
-    per-row GEMV (B = 3) and tl.dot (B = 17) forms against the reference."""
+@pytest.mark.parametrize("cell,proj", [("LSTM", 0), ("LSTM", 20), ("GRU", 0), ("RNN_TANH", 0)])
+def test_resident_streamed_product(cell, proj):
+    """``resident`` with W_own (and W_hr) streamed 16 columns at a time (what large H takes on
+    a GPU): the per-row GEMV (B = 3) and tl.dot (B = 17) forms against the reference."""
     with tb.tuning(block_k=16):
-        _check(Case(cell, 4, 3, 33, lengths=[4, 1, 3], rev=True, strategy="resident"))
-        _check(Case(cell, 3, 17, 20, lengths=[3, 1, 2] * 5 + [3, 3], strategy="resident"))
+        _check(Case(cell, 4, 3, 33, proj=proj, lengths=[4, 1, 3], rev=True, strategy="resident"))
+        _check(Case(cell, 3, 17, 20, proj=2 * proj, lengths=[3, 1, 2] * 5 + [3, 3],
+                    strategy="resident"))
 
 
 def test_launcher_phases_and_signatures():
@@ -301,4 +319,4 @@ def test_kernels_compile_for_sm90():
                           "--dtypes", "fp16,fp32"], capture_output=True, text=True, env=env,
                          timeout=600, cwd=root)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    assert res.stdout.count("ok   sm_90") == 2 * (6 + 6), res.stdout   # per dtype: 6 + 6 resident
+    assert res.stdout.count("ok   sm_90") == 2 * (6 + 8), res.stdout   # per dtype: 6 + 8 resident

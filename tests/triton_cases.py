@@ -96,7 +96,7 @@ def _cases():
         out.append(Case(cell, 6, 3, 33, lengths=[6, 2, 5], rev=True, dtype="fp16",
                         strategy="persistent", **kw))
         out.append(Case(cell, 6, 3, 33, lengths=[3, 6, 1], dtype="bf16", strategy="step", **kw))
-        # resident (its own kernels; with a projection the launcher takes auto's strategy):
+        # resident (its own kernels; with a projection two phases a step, resident_proj.py):
         # B = 3 one GEMV per row, tiles16 one tl.dot of 16 rows and 16 units a program
         out.append(Case(cell, 7, 3, 33, lengths=[7, 1, 4], strategy="resident", **kw))
         out.append(Case(cell, 7, 3, 33, lengths=[2, 7, 1], rev=True, strategy="resident",
@@ -112,6 +112,11 @@ def _cases():
                     strategy="persistent", tiles16=True))
     out.append(Case("LSTM", 63, 5, 33, proj=17, lengths=[63, 1, 40, 63, 17], rev=True,
                     strategy="persistent"))
+    # resident with a projection wider than H, and one narrower than tl.dot's 16 columns
+    out.append(Case("LSTM", 4, 18, 16, proj=40, lengths=[1, 4, 2] * 6, rev=True,
+                    strategy="resident"))
+    out.append(Case("LSTM", 6, 17, 20, proj=9, lengths=[6, 1, 3, 2] * 4 + [4],
+                    strategy="resident"))
     return out
 
 

@@ -48,12 +48,16 @@ _CASES = [
 ]
 
 
-# The ``resident`` strategy (resident.py): (cell, backward, B, H) at the H200's 132 SMs; the
-# plan (resident_launch.make_plan) picks the rows, units and warps of each.
+# The ``resident`` strategy (resident.py, resident_proj.py): (cell, backward, B, H, P) at the
+# H200's 132 SMs (P: the LSTM's projection, None without); the plan
+# (resident_launch.make_plan) picks the rows, units and warps of each.
 _RESIDENT_SMS = 132
-_RESIDENT_QUICK = [(c, bwd, 16, 512) for c in ("lstm", "gru", "rnn") for bwd in (False, True)]
-_RESIDENT_FULL = [(c, bwd, B, H) for c in ("lstm", "gru", "rnn") for bwd in (False, True)
-                  for B in (1, 16, 64) for H in (512, 1024)]
+_RESIDENT_QUICK = [(c, bwd, 16, 512, P) for c, P in (("lstm", None), ("gru", None),
+                                                     ("rnn", None), ("lstm", 256))
+                   for bwd in (False, True)]
+_RESIDENT_FULL = [(c, bwd, B, H, P) for c, P in (("lstm", None), ("gru", None), ("rnn", None),
+                                                 ("lstm", "H/2"))
+                  for bwd in (False, True) for B in (1, 16, 64) for H in (512, 1024)]
 
 
 def _variants(quick: bool):
@@ -116,29 +120,44 @@ def compile_all(arch: int = 90, dtypes=("fp16", "bf16", "fp32"), quick: bool = F
                 name = label + (f"/{_phase_label(kernels, backward, consts)}"
                                 if len(each) > 1 else "")
                 failures += _compile_one(fn, consts, dt, pl, target, f"sm_{arch} {dt} {name}")
-        for cell, backward, B, H in _RESIDENT_QUICK if quick else _RESIDENT_FULL:
-            failures += _compile_resident(cell, backward, B, H, dt, torch_dt, arch, target)
+        for cell, backward, B, H, P in _RESIDENT_QUICK if quick else _RESIDENT_FULL:
+            P = H // 2 if P == "H/2" else P
+            failures += _compile_resident(cell, backward, B, H, P, dt, torch_dt, arch, target)
     return failures
 
 
-def _compile_resident(cell, backward, B, H, dt, torch_dt, arch, target) -> int:
-    """One build of a ``resident`` kernel with the constexprs its launcher passes."""
+def _compile_resident(cell, backward, B, H, P, dt, torch_dt, arch, target) -> int:
+    """One build of a ``resident`` kernel with the constexprs its launcher passes (both phases
+    of a projection's step in the one launch, as on a GPU)."""
     import torch
     from ...cells import CELLS
-    from . import resident, resident_launch as RL
+    from . import resident, resident_launch as RL, resident_proj
     spec = CELLS[cell]
-    pl = RL.make_plan(spec, torch.device("cpu"), torch_dt, B, H, {}, num_sms=_RESIDENT_SMS)
-    consts = dict(CELL=RL._CELL_CODE[cell], RELU=False, HAS_LEN=True, REVERSE=True, SYNC=2,
-                  DOT_F32=dt == "fp32" or (dt == "bf16" and arch < 80), G=spec.gates,
-                  G4=RL.padded_gates(spec), BB=pl.BB, U=pl.BH, KC=pl.BK, KP=RL.padded_k(H))
-    if backward:
-        consts["RB"] = RL.partial_rows(pl)
-        fn = resident._resident_bwd_kernel
+    pl = RL.make_plan(spec, torch.device("cpu"), torch_dt, B, H, {}, num_sms=_RESIDENT_SMS, P=P)
+    consts = dict(HAS_LEN=True, REVERSE=True, SYNC=2, BB=pl.BB, U=pl.BH, KC=pl.BK,
+                  DOT_F32=dt == "fp32" or (dt == "bf16" and arch < 80))
+    if P is not None:
+        UP = RL.proj_columns(pl, P)
+        consts.update(UP=UP, KP=RL.padded_k(P))
+        if backward:
+            consts.update(DO_A=1, DO_B=1, RB=RL.partial_rows(pl, UP))
+            fn = resident_proj._resident_proj_bwd_kernel
+        else:
+            KCR, KPR = RL.proj_chunks(pl, H, P)
+            consts.update(DO_CELL=1, DO_PROJ=1, SAVE=True, KCR=KCR, KPR=KPR)
+            fn = resident_proj._resident_proj_fwd_kernel
     else:
-        consts.update(HAS_BHN=cell == "gru", SAVE=True)
-        fn = resident._resident_fwd_kernel
-    label = (f"sm_{arch} {dt} {cell}_{'bwd' if backward else 'fwd'} resident B={B} H={H} "
-             f"[{pl.nprog_h} programs × BB={pl.BB} U={pl.BH} KC={pl.BK}, {pl.num_warps} warps]")
+        consts.update(CELL=RL._CELL_CODE[cell], RELU=False, G=spec.gates,
+                      G4=RL.padded_gates(spec), KP=RL.padded_k(H))
+        if backward:
+            consts["RB"] = RL.partial_rows(pl)
+            fn = resident._resident_bwd_kernel
+        else:
+            consts.update(HAS_BHN=cell == "gru", SAVE=True)
+            fn = resident._resident_fwd_kernel
+    label = (f"sm_{arch} {dt} {cell}_{'bwd' if backward else 'fwd'} resident B={B} H={H}"
+             f"{f' P={P}' if P else ''} [{pl.nprog_h} programs × BB={pl.BB} U={pl.BH} "
+             f"KC={pl.BK}, {pl.num_warps} warps]")
     return _compile_one(fn, consts, dt, pl, target, label)
 
 

@@ -261,9 +261,9 @@ def _common(kernels: Kernels, ref: torch.Tensor, w_hh, h0, lengths, reverse, fla
     B, P = h0.shape
     H = spec.hidden_size(w_hh)
     proj = bool(flags.get(PROJ_PHASE, False))
-    # ``resident`` runs the plain cells (resident.py); the others take auto's strategy there
-    plain = not proj and not kernels.head_programs and not any(
-        flags.get(k) for k in VARIANT_FLAGS)
+    # ``resident`` runs the plain cells ± projection (resident.py, resident_proj.py); the
+    # variants take auto's strategy there
+    plain = not kernels.head_programs and not any(flags.get(k) for k in VARIANT_FLAGS)
     pl = _plan.make_plan(ref.device, ref.dtype, B, H, P, proj, cell=spec if plain else None)
     if kernels.head_programs:
         pl = _head_plan(pl, flags)

@@ -28,8 +28,9 @@ Strategies (see ``launch.py`` for the step order and phases, the cell modules fo
     units ([unit][gate] layout of W_hh) and loads its W_hh slice once, before the time loop:
     per step it reads only h_{t-1} and meets the others at one barrier (acquire-load spin);
     the backward sums the programs' partial dg·W slices instead of a 4H-long serial loop.
-    Plain cells only (no projection, no variants: those take ``auto``'s strategy); its own
-    kernels and plan (``resident.py``, ``resident_launch.py``). Not picked by ``auto`` until a
+    Plain cells (± the LSTM projection: ``resident_proj.py``, two barriers a step); the
+    variants take ``auto``'s strategy. Its own kernels and plan (``resident.py``,
+    ``resident_launch.py``). Not picked by ``auto`` until a
     GPU run has measured it.
 
 ``auto`` (see ``_auto_strategy``): ``persistent`` when one program has at most 4 tile products
@@ -229,13 +230,14 @@ def _auto_strategy(device: torch.device, dtype: torch.dtype, B: int, H: int, P: 
 def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int,
               has_proj: bool, cell=None) -> Plan:
     """The strategy and launch configuration of one scan (forward or backward). ``cell``: the
-    CellSpec of a scan that ``resident`` can run (a plain cell, no projection, no variants);
+    CellSpec of a scan that ``resident`` can run (a plain cell, ± projection, no variants);
     None sends a request for ``resident`` to ``auto``'s choice."""
     name = requested_strategy()
     tune = _tuning.get()
     if name == "resident" and cell is not None:
         from . import resident_launch  # noqa: PLC0415 - resident_launch imports this module
-        return resident_launch.make_plan(cell, device, dtype, B, H, tune)
+        return resident_launch.make_plan(cell, device, dtype, B, H, tune,
+                                         P=P if has_proj else None)
     if name in ("auto", "resident"):
         name = _auto_strategy(device, dtype, B, H, P, has_proj)
     if name == "persistent-grid" and INTERPRET:

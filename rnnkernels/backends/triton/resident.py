@@ -40,8 +40,9 @@ Under ``TRITON_INTERPRET=1`` (programs run one after another) the same kernels r
 launch (SYNC=0: the launch boundary is the barrier) and carry their registers (c, dh, dc) through
 global buffers between launches, so CI proves exactly this code on the CPU.
 
-Not covered (the launcher uses the other strategies there): the LSTM projection and the recurrent
-variants. ``auto`` does not pick ``resident`` until a GPU sweep has measured it
+The LSTM with a projection: ``resident_proj.py`` (two phases and barriers a step, these
+helpers). Not covered (the launcher uses the other strategies there): the recurrent variants.
+``auto`` does not pick ``resident`` until a GPU sweep has measured it
 (``bench/gpu.sh``); force it with ``strategy("resident")`` or RNNKERNELS_TRITON_STRATEGY.
 """
 from __future__ import annotations
@@ -80,18 +81,18 @@ def _join_gates(g0, g1, g2, g3, BB: tl.constexpr, U: tl.constexpr, G4: tl.conste
 
 # ------------------------------------------------------------------------------- products
 @triton.jit
-def _chunk_product(acc, h_cur, rows64, rmask, ks, kmask, w_t, B, H, DOT_F32: tl.constexpr,
+def _chunk_product(acc, h_cur, rows64, rmask, ks, kmask, w_t, B, K, DOT_F32: tl.constexpr,
                    BB: tl.constexpr):
     """acc [BB, N] + h[:, ks] · w_t, w_t [len(ks), N] (W_ownᵀ's rows ks). BB < 16 (tl.dot's
     minimum): one GEMV per row, so a batch of 1 does not pay for 16."""
     if BB >= 16:
-        return mma(acc, load_tile(h_cur, rows64 * H, rmask, ks, kmask), w_t, DOT_F32)
+        return mma(acc, load_tile(h_cur, rows64 * K, rmask, ks, kmask), w_t, DOT_F32)
     else:
         rid = tl.arange(0, BB)
         w32 = w_t.to(tl.float32)
         for r in tl.static_range(BB):
             row = tl.program_id(0) * BB + r
-            h_r = tl.load(h_cur + row.to(tl.int64) * H + ks, mask=kmask & (ks * 0 + row < B),
+            h_r = tl.load(h_cur + row.to(tl.int64) * K + ks, mask=kmask & (ks * 0 + row < B),
                           other=0.0)
             acc_r = tl.sum(w32 * h_r.to(tl.float32)[:, None], axis=0)
             acc = tl.where(rid[:, None] == r, acc + acc_r[None, :], acc)
@@ -99,108 +100,153 @@ def _chunk_product(acc, h_cur, rows64, rmask, ks, kmask, w_t, B, H, DOT_F32: tl.
 
 
 @triton.jit
-def _chunk_partial(part, dg, w, rows64, rmask, ks, kmask, B, H, DOT_F32: tl.constexpr,
+def _chunk_partial(part, dg, w, rows64, rmask, ks, kmask, B, K, DOT_F32: tl.constexpr,
                    BB: tl.constexpr, KC: tl.constexpr):
     """part[rows, ks] = dg [BB, N] · w, w [N, len(ks)] (W_own's columns ks)."""
     if BB >= 16:
         prod = mma(tl.zeros([BB, KC], tl.float32), dg, w, DOT_F32)
-        store_tile(part, rows64 * H, rmask, ks, kmask, prod)
+        store_tile(part, rows64 * K, rmask, ks, kmask, prod)
     else:
         rid = tl.arange(0, BB)
         w32 = w.to(tl.float32)
         for r in tl.static_range(BB):
             row = tl.program_id(0) * BB + r
             dg_r = tl.sum(tl.where(rid[:, None] == r, dg, 0.0), axis=0)
-            tl.store(part + row.to(tl.int64) * H + ks, tl.sum(w32 * dg_r[:, None], axis=0),
+            tl.store(part + row.to(tl.int64) * K + ks, tl.sum(w32 * dg_r[:, None], axis=0),
                      mask=kmask & (ks * 0 + row < B))
 
 
 @triton.jit
-def _w_chunk(w, k0, H, TRANSPOSED: tl.constexpr, N: tl.constexpr, KC: tl.constexpr):
-    """Columns k0 .. k0+KC of the program's W_own [N, H] (TRANSPOSED: as [KC, N]) from global
+def _w_chunk(w, k0, K, TRANSPOSED: tl.constexpr, N: tl.constexpr, KC: tl.constexpr):
+    """Columns k0 .. k0+KC of the program's W_own [N, K] (TRANSPOSED: as [KC, N]) from global
     memory, kept in the cache across steps (evict_last): the streamed form, for blocks too big
     for the registers."""
     ks = k0 + tl.arange(0, KC)
-    kmask = ks < H
+    kmask = ks < K
     n = tl.arange(0, N)
     if TRANSPOSED:
-        return tl.load(w + n[None, :] * H + ks[:, None], mask=kmask[:, None], other=0.0,
+        return tl.load(w + n[None, :] * K + ks[:, None], mask=kmask[:, None], other=0.0,
                        eviction_policy="evict_last"), ks, kmask
     else:
-        return tl.load(w + n[:, None] * H + ks[None, :], mask=kmask[None, :], other=0.0,
+        return tl.load(w + n[:, None] * K + ks[None, :], mask=kmask[None, :], other=0.0,
                        eviction_policy="evict_last"), ks, kmask
 
 
 @triton.jit
-def _gate_product(h_cur, rows64, rmask, w, ks, kmask, B, H, DOT_F32: tl.constexpr,
+def _gate_product(h_cur, rows64, rmask, w, ks, kmask, B, K, DOT_F32: tl.constexpr,
                   BB: tl.constexpr, N: tl.constexpr, KC: tl.constexpr, KP: tl.constexpr):
-    """[BB, N] = h [BB, H] · W_ownᵀ: w is the resident W_ownᵀ [KP, N] (KC == KP) or, streamed,
+    """[BB, N] = h [BB, K] · W_ownᵀ: w is the resident W_ownᵀ [KP, N] (KC == KP) or, streamed,
     the block's address, read KC columns at a time."""
     acc = tl.zeros([BB, N], tl.float32)
     if KC == KP:
-        acc = _chunk_product(acc, h_cur, rows64, rmask, ks, kmask, w, B, H, DOT_F32, BB)
+        acc = _chunk_product(acc, h_cur, rows64, rmask, ks, kmask, w, B, K, DOT_F32, BB)
     else:
-        for k0 in range(0, H, KC):
-            w_t, kc, km = _w_chunk(w, k0, H, True, N, KC)
-            acc = _chunk_product(acc, h_cur, rows64, rmask, kc, km, w_t, B, H, DOT_F32, BB)
+        for k0 in range(0, K, KC):
+            w_t, kc, km = _w_chunk(w, k0, K, True, N, KC)
+            acc = _chunk_product(acc, h_cur, rows64, rmask, kc, km, w_t, B, K, DOT_F32, BB)
     return acc
 
 
 @triton.jit
-def _store_partial(part, dg, w, rows64, rmask, ks, kmask, B, H, DOT_F32: tl.constexpr,
+def _store_partial(part, dg, w, rows64, rmask, ks, kmask, B, K, DOT_F32: tl.constexpr,
                    BB: tl.constexpr, N: tl.constexpr, KC: tl.constexpr, KP: tl.constexpr):
-    """part[rows] = dg [BB, N] · W_own [N, H]: this program's share of dh_{t-1} (all units);
+    """part[rows] = dg [BB, N] · W_own [N, K]: this program's share of dh_{t-1} (all units);
     w resident [N, KP] or streamed, as in ``_gate_product``."""
     if KC == KP:
-        _chunk_partial(part, dg, w, rows64, rmask, ks, kmask, B, H, DOT_F32, BB, KP)
+        _chunk_partial(part, dg, w, rows64, rmask, ks, kmask, B, K, DOT_F32, BB, KP)
     else:
-        for k0 in range(0, H, KC):
-            w_c, kc, km = _w_chunk(w, k0, H, False, N, KC)
-            _chunk_partial(part, dg, w_c, rows64, rmask, kc, km, B, H, DOT_F32, BB, KC)
+        for k0 in range(0, K, KC):
+            w_c, kc, km = _w_chunk(w, k0, K, False, N, KC)
+            _chunk_partial(part, dg, w_c, rows64, rmask, kc, km, B, K, DOT_F32, BB, KC)
 
 
 @triton.jit
-def _sum_partials(part, nprog, rows64, mask, units, umask, B, H, BB: tl.constexpr,
+def _sum_partials(part, nprog, rows64, mask, units, umask, B, W, BB: tl.constexpr,
                   U: tl.constexpr, RB: tl.constexpr):
     """Σ over the group's programs of their partials at the own units, RB programs a load."""
     acc = tl.zeros([BB, U], tl.float32)
-    off = rows64[:, None] * H + units[None, :]
+    off = rows64[:, None] * W + units[None, :]
     m2 = mask[:, None] & umask[None, :]
     for p0 in range(0, nprog, RB):
         ps = p0 + tl.arange(0, RB)
-        offs = (ps.to(tl.int64) * B * H)[:, None, None] + off[None, :, :]
+        offs = (ps.to(tl.int64) * B * W)[:, None, None] + off[None, :, :]
         vals = tl.load(part + offs, mask=(ps < nprog)[:, None, None] & m2[None, :, :], other=0.0)
         acc += tl.sum(vals, axis=0)
     return acc
 
 
-_plan.interpreter_direct_calls(globals(), [
-    "_split_gates", "_join_gates", "_chunk_product", "_chunk_partial", "_w_chunk",
-    "_gate_product", "_store_partial", "_sum_partials"])
-
-
-# ------------------------------------------------------------------------------------ kernels
 @triton.jit
-def _own_slice(w_ptr, lens_ptr, B, T, H, HAS_LEN: tl.constexpr, TRANSPOSED: tl.constexpr,
-               BB: tl.constexpr, U: tl.constexpr, N: tl.constexpr, KC: tl.constexpr,
-               KP: tl.constexpr):
-    """The program's rows (``tiles.program_tile``), its units, the K axis and its block of the
-    reordered W_hh [programs, N, H]: loaded once, [KP, N] (TRANSPOSED, forward) or [N, KP],
-    when KC == KP; else its address (streamed KC columns at a time, ``_w_chunk``)."""
-    rmask, rows64, L, pid_c, nprog = program_tile(lens_ptr, B, T, HAS_LEN, BB)
-    units = pid_c * U + tl.arange(0, U)
+def _block(w_ptr, pid, K, TRANSPOSED: tl.constexpr, N: tl.constexpr, KC: tl.constexpr,
+           KP: tl.constexpr):
+    """Program ``pid``'s block of a weight laid out [programs, N, K], and the K axis (padded
+    to KP): loaded once, [KP, N] (TRANSPOSED: the operand of ``_gate_product``) or [N, KP]
+    (of ``_store_partial``), when KC == KP; else its address (streamed KC columns at a time,
+    ``_w_chunk``)."""
     ks = tl.arange(0, KP)
-    kmask = ks < H
+    kmask = ks < K
     n = tl.arange(0, N)
-    w = w_ptr + pid_c.to(tl.int64) * N * H
+    w = w_ptr + pid.to(tl.int64) * N * K
     if KC == KP:
         if TRANSPOSED:
-            w = tl.load(w + n[None, :] * H + ks[:, None], mask=kmask[:, None], other=0.0)
+            w = tl.load(w + n[None, :] * K + ks[:, None], mask=kmask[:, None], other=0.0)
         else:
-            w = tl.load(w + n[:, None] * H + ks[None, :], mask=kmask[None, :], other=0.0)
+            w = tl.load(w + n[:, None] * K + ks[None, :], mask=kmask[None, :], other=0.0)
+    return w, ks, kmask
+
+
+@triton.jit
+def _own_slice(w_ptr, lens_ptr, B, T, H, K, HAS_LEN: tl.constexpr, TRANSPOSED: tl.constexpr,
+               BB: tl.constexpr, U: tl.constexpr, N: tl.constexpr, KC: tl.constexpr,
+               KP: tl.constexpr):
+    """The program's rows (``tiles.program_tile``), its units of H, and its block of the
+    reordered W_hh [programs, N, K] (``_block``; K = H, or P with a projection)."""
+    rmask, rows64, L, pid_c, nprog = program_tile(lens_ptr, B, T, HAS_LEN, BB)
+    units = pid_c * U + tl.arange(0, U)
+    w, ks, kmask = _block(w_ptr, pid_c, K, TRANSPOSED, N, KC, KP)
     return rmask, rows64, L, nprog, units, units < H, ks, kmask, w
 
 
+@triton.jit
+def _lstm_units_fwd(acc, x0, x1, x2, x3, c_own, act2, active, units, umask, g_row, c_row,
+                    gates_ptr, cs_ptr, H, SAVE: tl.constexpr, BB: tl.constexpr,
+                    U: tl.constexpr):
+    """The LSTM cell of the own units from their gate products acc [BB, 4U] and xp_t: c (kept
+    for the inactive rows), hh; saves the gates and c_t when SAVE."""
+    a0, a1, a2, a3 = _split_gates(acc, BB, U, 4)
+    i, f, u, o, c, hh = lstm_cell_fwd(x0 + a0, x1 + a1, x2 + a2, x3 + a3, c_own, 0.0, 0.0, 0.0,
+                                      False)
+    if SAVE:
+        store_tile(gates_ptr, g_row, active, units, umask, i)
+        store_tile(gates_ptr, g_row + H, active, units, umask, f)
+        store_tile(gates_ptr, g_row + 2 * H, active, units, umask, u)
+        store_tile(gates_ptr, g_row + 3 * H, active, units, umask, o)
+        store_tile(cs_ptr, c_row, active, units, umask, c)
+    return tl.where(act2, c, c_own), hh
+
+
+@triton.jit
+def _lstm_units_bwd(dhh, dc_own, s, t, active, act2, rows64, units, umask, g_row, c_row,
+                    gates_ptr, cs_ptr, c0_ptr, B, H, REVERSE: tl.constexpr):
+    """The LSTM cell's gradient at the own units from dhh (of hh_t) and the carried dc: the
+    four gate gradients and the new carry (kept for the inactive rows)."""
+    i = load_tile(gates_ptr, g_row, active, units, umask)
+    f = load_tile(gates_ptr, g_row + H, active, units, umask)
+    u = load_tile(gates_ptr, g_row + 2 * H, active, units, umask)
+    o = load_tile(gates_ptr, g_row + 3 * H, active, units, umask)
+    c = load_tile(cs_ptr, c_row, active, units, umask)
+    c_prev = previous_state(cs_ptr, c0_ptr, s, t, active, rows64, B, H, units, umask, REVERSE)
+    d0, d1, d2, d3, dc_prev = lstm_cell_bwd(dhh, dc_own, i, f, u, o, c, c_prev, 0.0, 0.0, 0.0,
+                                            False)
+    return d0, d1, d2, d3, tl.where(act2, dc_prev, dc_own)
+
+
+_plan.interpreter_direct_calls(globals(), [
+    "_split_gates", "_join_gates", "_chunk_product", "_chunk_partial", "_w_chunk",
+    "_gate_product", "_store_partial", "_sum_partials", "_block", "_own_slice",
+    "_lstm_units_fwd", "_lstm_units_bwd"])
+
+
+# ------------------------------------------------------------------------------------ kernels
 @triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
 def _resident_fwd_kernel(
         xp_ptr, w_ptr, b_hn_ptr, lens_ptr, out_ptr, gates_ptr, ws_ptr, h_ptr, c_ptr, sync_ptr,
@@ -214,7 +260,7 @@ def _resident_fwd_kernel(
     ``gru.py``, ``rnn.py``): LSTM saves the gates and c_t (``ws``), GRU the gates and
     hn_lin = h·W_hnᵀ + b_hn (``ws``), RNN nothing."""
     rmask, rows64, L, nprog, units, umask, ks, kmask, w_t = _own_slice(
-        w_ptr, lens_ptr, B, T, H, HAS_LEN, True, BB, U, U * G4, KC, KP)
+        w_ptr, lens_ptr, B, T, H, H, HAS_LEN, True, BB, U, U * G4, KC, KP)
     counter = sync_ptr + tl.program_id(0)
     first = (s_first % 2).to(tl.int64)
     h_own = load_tile(h_ptr + first * B * H, rows64 * H, rmask, units, umask)
@@ -245,15 +291,9 @@ def _resident_fwd_kernel(
         a0, a1, a2, a3 = _split_gates(acc, BB, U, G4)
         u_row = (t * B + rows64) * H
         if CELL == 0:
-            i, f, u, o, c, h_new = lstm_cell_fwd(x0 + a0, x1 + a1, x2 + a2, x3 + a3, c_own,
-                                                 0.0, 0.0, 0.0, False)
-            c_own = tl.where(act2, c, c_own)
-            if SAVE:
-                store_tile(gates_ptr, g_row, active, units, umask, i)
-                store_tile(gates_ptr, g_row + H, active, units, umask, f)
-                store_tile(gates_ptr, g_row + 2 * H, active, units, umask, u)
-                store_tile(gates_ptr, g_row + 3 * H, active, units, umask, o)
-                store_tile(ws_ptr, u_row, active, units, umask, c)
+            c_own, h_new = _lstm_units_fwd(acc, x0, x1, x2, x3, c_own, act2, active, units,
+                                           umask, g_row, u_row, gates_ptr, ws_ptr, H, SAVE, BB,
+                                           U)
         elif CELL == 1:
             hn_lin = a2 + b_hn
             r, z, n, h_new = gru_cell_fwd(x0, x1, x2, a0, a1, hn_lin, h_own)
@@ -289,7 +329,7 @@ def _resident_bwd_kernel(
     buffers ``dh``, ``dc``, ``loc`` between launches. ``part`` [2, programs, B, H]: each
     program's dg·W_own by step parity."""
     rmask, rows64, L, nprog, units, umask, ks, kmask, w = _own_slice(
-        w_ptr, lens_ptr, B, T, H, HAS_LEN, False, BB, U, U * G4, KC, KP)
+        w_ptr, lens_ptr, B, T, H, H, HAS_LEN, False, BB, U, U * G4, KC, KP)
     counter = sync_ptr + tl.program_id(0)
     pid_c = tl.program_id(1).to(tl.int64)
     dh_own = load_tile(dh_ptr, rows64 * H, rmask, units, umask)
@@ -317,16 +357,10 @@ def _resident_bwd_kernel(
             g_row = (t * B + rows64) * (G * H)
             dh_t = dh_own + load_tile(grad_out_ptr, u_row, rmask, units, umask)
             if CELL == 0:
-                i = load_tile(gates_ptr, g_row, active, units, umask)
-                f = load_tile(gates_ptr, g_row + H, active, units, umask)
-                u = load_tile(gates_ptr, g_row + 2 * H, active, units, umask)
-                o = load_tile(gates_ptr, g_row + 3 * H, active, units, umask)
-                c = load_tile(ws_ptr, u_row, active, units, umask)
-                c_prev = previous_state(ws_ptr, c0_ptr, s, t, active, rows64, B, H, units, umask,
-                                        REVERSE)
-                d0, d1, d2, d3, dc_prev = lstm_cell_bwd(dh_t, dc_own, i, f, u, o, c, c_prev,
-                                                        0.0, 0.0, 0.0, False)
-                dc_own = tl.where(act2, dc_prev, dc_own)
+                d0, d1, d2, d3, dc_own = _lstm_units_bwd(dh_t, dc_own, s, t, active, act2,
+                                                         rows64, units, umask, g_row, u_row,
+                                                         gates_ptr, ws_ptr, c0_ptr, B, H,
+                                                         REVERSE)
                 r0, r1, r2, r3 = d0, d1, d2, d3
             elif CELL == 1:
                 r = load_tile(gates_ptr, g_row, active, units, umask)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ...cells import CellSpec
+from ...cells import CELLS, CellSpec
 from . import plan as _plan
 
 _CELL_CODE = {"lstm": 0, "gru": 1, "rnn": 2}
@@ -28,7 +28,7 @@ def padded_gates(spec: CellSpec) -> int:
 
 
 def make_plan(spec: CellSpec, device: torch.device, dtype: torch.dtype, B: int, H: int,
-              tune: dict, num_sms: int | None = None) -> _plan.Plan:
+              tune: dict, num_sms: int | None = None, P: int | None = None) -> _plan.Plan:
     """The resident plan of one scan:
 
     * BB batch rows a program: below 16 the exact power of two (a GEMV per row, no padding),
@@ -40,6 +40,9 @@ def make_plan(spec: CellSpec, device: torch.device, dtype: torch.dtype, B: int, 
       operand fit the registers (W_own loaded once before the loop), else the columns the
       streamed product reads at a time from the cache (the block stays in L1/L2 across steps);
     * the warps that keep those at ≤ 64 registers a thread;
+    * with a projection (``P``: its size; ``resident_proj.py``), K = P for W_hh, and the
+      registers count both phases' blocks: forward W_own and the W_hr rows of the program's
+      columns (``proj_columns``), backward W_own and its W_hr columns (both [U·4, P]);
     * the barrier: a grid barrier on a GPU, the launch boundary (one launch per step) under
       the interpreter.
 
@@ -56,10 +59,15 @@ def make_plan(spec: CellSpec, device: torch.device, dtype: torch.dtype, B: int, 
             raise RuntimeError(f"rnnkernels triton backend: strategy 'resident' needs {nb} batch "
                                f"groups of co-resident programs but the GPU has {nsm} SMs; use "
                                "'step' or 'persistent'")
-    KP = padded_k(H)
-    rows = U * G4 + BB
+    KP = padded_k(H if P is None else P)
+    N = U * G4
+    elems = (N + BB) * KP
+    if P is not None:
+        UP = _proj_columns(BB, _plan.triton_cdiv(H, U), P)
+        elems = max(elems + (UP + BB) * padded_k(H), (2 * N + BB) * KP)
+    rows = _plan.triton_cdiv(elems, KP)
     # (tl.dot's operand layouts take about twice the registers of the GEMV's broadcasts)
-    fits = rows * KP <= (_MAX_RESIDENT_ELEMS if BB < 16 else _MAX_RESIDENT_ELEMS // 2)
+    fits = elems <= (_MAX_RESIDENT_ELEMS if BB < 16 else _MAX_RESIDENT_ELEMS // 2)
     stream = 16
     while stream < 128 and rows * stream * 2 <= _MAX_RESIDENT_ELEMS // 2:
         stream *= 2
@@ -72,30 +80,66 @@ def make_plan(spec: CellSpec, device: torch.device, dtype: torch.dtype, B: int, 
                       _plan.dot_f32(dtype, device))
 
 
+def _proj_columns(BB: int, nprog: int, P: int) -> int:
+    UP = _pow2_at_least(_plan.triton_cdiv(P, nprog))
+    return max(16, UP) if BB >= 16 else UP        # tl.dot's minimum N
+
+
+def proj_columns(pl: _plan.Plan, P: int) -> int:
+    """UP: the columns of P a program owns in the projection's phase (a power of two; at least
+    16 for tl.dot's batch groups), so that P/UP ≤ the programs."""
+    return _proj_columns(pl.BB, pl.nprog_h, P)
+
+
+def proj_chunks(pl: _plan.Plan, H: int, P: int) -> tuple[int, int]:
+    """(KCR, KPR) of the forward's W_hr block (K = H): resident like W_own, else streamed."""
+    KPR = padded_k(H)
+    return (KPR if pl.BK == padded_k(P) else min(pl.BK, KPR)), KPR
+
+
 def padded_k(H: int) -> int:
     """KP: the K axis (H) padded to a power of two ≥ 16."""
     return max(16, _pow2_at_least(H))
 
 
-def partial_rows(pl: _plan.Plan) -> int:
-    """RB: the programs whose partials the backward sums in one load (a power of two)."""
-    rb = max(1, _PARTIAL_LOAD // (pl.BB * pl.BH))
+def partial_rows(pl: _plan.Plan, width: int | None = None) -> int:
+    """RB: the programs whose partials the backward sums in one load (a power of two), each
+    ``width`` columns (the program's units; with a projection its columns of P)."""
+    rb = max(1, _PARTIAL_LOAD // (pl.BB * (width or pl.BH)))
     return min(_pow2_at_least(pl.nprog_h), 1 << (rb.bit_length() - 1))
 
 
 def reorder(w_hh: torch.Tensor, spec: CellSpec, U: int) -> torch.Tensor:
-    """W_hh [G·H, H] → [programs, U·G4, H]: program c's row u·G4 + g is gate g of unit c·U + u
-    (zero rows for the padding gates and for units past H)."""
-    G, G4, H = spec.gates, padded_gates(spec), w_hh.shape[1]
+    """W_hh [G·H, K] → [programs, U·G4, K] (K = H, or P with a projection): program c's row
+    u·G4 + g is gate g of unit c·U + u (zero rows for the padding gates and for units past H)."""
+    G, G4, K = spec.gates, padded_gates(spec), w_hh.shape[1]
+    H = w_hh.shape[0] // G
     nprog = _plan.triton_cdiv(H, U)
-    out = w_hh.new_zeros((nprog * U, G4, H))
-    out[:H, :G] = w_hh.reshape(G, H, H).transpose(0, 1)
-    return out.reshape(nprog, U * G4, H)
+    out = w_hh.new_zeros((nprog * U, G4, K))
+    out[:H, :G] = w_hh.reshape(G, H, K).transpose(0, 1)
+    return out.reshape(nprog, U * G4, K)
+
+
+def reorder_proj(w_hr: torch.Tensor, U: int, UP: int, backward: bool) -> torch.Tensor:
+    """W_hr [P, H], forward: → [P/UP, UP, H], program c's rows the columns c·UP.. of P (zero
+    rows past P); backward: → [programs, U·4, P], row u·4 = W_hr[:, c·U + u] (gate slot 0 of
+    unit u; the other slots and units past H zero)."""
+    P, H = w_hr.shape
+    if not backward:
+        out = w_hr.new_zeros((_plan.triton_cdiv(P, UP) * UP, H))
+        out[:P] = w_hr
+        return out.reshape(-1, UP, H)
+    nprog = _plan.triton_cdiv(H, U)
+    out = w_hr.new_zeros((nprog * U, 4, P))
+    out[:H, 0] = w_hr.t()
+    return out.reshape(nprog, U * 4, P)
 
 
 def run(spec: CellSpec, backward: bool, bufs: dict, sizes: dict, known: dict, pl: _plan.Plan,
         check_sync) -> None:
     """Every launch of one scan (forward s = 0..T-1; backward T-1..-1), ``launch``'s buffers."""
+    if known.get("PROJ"):
+        return _run_proj(backward, bufs, sizes, known, pl, check_sync)
     from . import resident  # noqa: PLC0415 - the kernels compile on first use only
     T, B, H = sizes["T"], sizes["B"], sizes["H"]
     dummy = bufs["lens"]
@@ -133,3 +177,47 @@ def run(spec: CellSpec, backward: bool, bufs: dict, sizes: dict, known: dict, pl
     else:                 # one launch per step: the launch boundary is the barrier
         for s in steps:
             kernel[grid](*args, s, 1, *ints, **consts, **opts)
+
+
+def _run_proj(backward: bool, bufs: dict, sizes: dict, known: dict, pl: _plan.Plan,
+              check_sync) -> None:
+    """``run`` for the LSTM with a projection (``resident_proj.py``): two phases a step, each
+    its own launch under the interpreter."""
+    from . import resident_proj  # noqa: PLC0415 - the kernels compile on first use only
+    T, B, H, P = sizes["T"], sizes["B"], sizes["H"], sizes["P"]
+    UP = proj_columns(pl, P)
+    consts = dict(HAS_LEN=known["HAS_LEN"], REVERSE=known["REVERSE"], SYNC=pl.sync,
+                  DOT_F32=pl.dot_f32, BB=pl.BB, U=pl.BH, UP=UP, KC=pl.BK, KP=padded_k(P))
+    w = reorder(bufs["w_hh"], CELLS["lstm"], pl.BH)
+    wr = reorder_proj(bufs["w_hr"], pl.BH, UP, backward)
+    if not backward:
+        KCR, KPR = proj_chunks(pl, H, P)
+        consts.update(SAVE=known["SAVE"], KCR=KCR, KPR=KPR)
+        dummy = bufs["lens"]
+        args = [bufs["xp"], w, wr, bufs["lens"], bufs["out"], bufs.get("gates", dummy),
+                bufs.get("cs", dummy), bufs["h"], bufs["c"], bufs["hh"], bufs["sync"]]
+        kernel, steps, phases = resident_proj._resident_proj_fwd_kernel, range(T), "CELL PROJ"
+    else:
+        acc = bufs["dg"].dtype
+        dc = bufs["dc"]
+        dc[0].copy_(dc[T % 2])    # the carry of c enters at half T % 2; the launcher returns 0
+        dhc = bufs["grad_hn"].to(acc, copy=True)
+        dhs = torch.empty((B, P), dtype=acc, device=dhc.device)
+        part = torch.empty((2, pl.nprog_h, B, P), dtype=acc, device=dhc.device)
+        consts["RB"] = partial_rows(pl, UP)
+        args = [bufs["grad_out"], bufs["c0"], w, wr, bufs["lens"], bufs["gates"], bufs["cs"],
+                bufs["dxp"], bufs["dh0"], bufs["dh"], dhs, dhc, dc[0], part, bufs["sync"]]
+        kernel, steps, phases = resident_proj._resident_proj_bwd_kernel, range(T - 1, -2, -1), "A B"
+    grid = (pl.grid_b(B), pl.nprog_h)
+    opts = pl.launch_options()
+    steps, phases = list(steps), phases.split()
+    if pl.sync == 2:      # one launch, two grid barriers a step
+        kernel[grid](*args, steps[0], len(steps), T, B, H, P, **consts,
+                     **{f"DO_{p}": 1 for p in phases}, **opts)
+        check_sync(pl, bufs["sync"])
+        return
+    for s in steps:       # one launch per phase of each step: the launch boundary is the barrier
+        for k, p in enumerate(phases):
+            if s >= 0 or k == 0:      # the s = -1 pass only forms dh0
+                flags = {f"DO_{q}": int(q == p) for q in phases}
+                kernel[grid](*args, s, 1, T, B, H, P, **consts, **flags, **opts)
