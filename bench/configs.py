@@ -47,9 +47,12 @@ class Config:
     reference: bool = False
     note: str = ""
     cells: tuple[str, ...] = ()
+    proj: int = 0               # the LSTM's proj_size (0: none); an LSTM-only config
 
     def shape(self) -> str:
         s = f"T{self.T}-B{self.B}-I{self.I}-H{self.H}-L{self.layers}"
+        if self.proj:
+            s += f"-P{self.proj}"
         if self.bidirectional:
             s += "-bidir"
         if self.packed:
@@ -125,9 +128,11 @@ A shape spec is comma-separated key=value pairs (no spaces), e.g.
   T=1000,B=1,H=256,bidir=1          (every cell of --cells)
 keys: T, B, H (required); I (default H); layers (default 1); bidir, packed, reference
 (0/1, default 0: reference also times the plain-loop reference backend); cell (lstm, gru or
-rnn, several joined by '+'; default: --cells); name (default: the shape, e.g. T200-B8-I64-H64-L1).
+rnn, several joined by '+'; default: --cells); P (the LSTM's proj_size, < H: an LSTM-only
+shape, cell=lstm implied); name (default: the shape, e.g. T200-B8-I64-H64-L1).
 """
-_INT_KEYS = {"T": "T", "B": "B", "I": "I", "H": "H", "layers": "layers", "L": "layers"}
+_INT_KEYS = {"T": "T", "B": "B", "I": "I", "H": "H", "layers": "layers", "L": "layers",
+             "P": "proj", "proj": "proj"}
 _BOOL_KEYS = {"bidir": "bidirectional", "bidirectional": "bidirectional", "packed": "packed",
               "reference": "reference"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -159,10 +164,15 @@ def parse_spec(text: str) -> Config:
             fields["name"] = value
         else:
             raise ValueError(f"unknown key {key!r}; keys: T, B, I, H, layers, bidir, packed, "
-                             "reference, cell, name")
+                             "reference, cell, P, name")
     missing = [k for k in ("T", "B", "H") if k not in fields]
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (T, B and H are required)")
+    if fields.get("proj"):
+        if fields["proj"] >= fields["H"]:
+            raise ValueError(f"P={fields['proj']}: proj_size must be smaller than H")
+        if fields.setdefault("cells", ("LSTM",)) != ("LSTM",):
+            raise ValueError("P (proj_size) is an LSTM option: give cell=lstm or no cell")
     fields.setdefault("I", fields["H"])
     cfg = Config(name=fields.pop("name", ""), suite="custom", note="from the command line",
                  **fields)

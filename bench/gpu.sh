@@ -129,8 +129,9 @@ fi
 # 3b. The resident strategy (issue 12; rnnkernels/backends/triton/resident.py), which auto does
 #     not pick until measured here: the grid barrier alone (python -m bench.barrier: µs per
 #     barrier, with and without the h exchange, B = 1/16/64; its table goes to gpu.log), then
-#     triton with the strategy forced vs cuDNN at the issue's target shapes, fp32 and bf16,
-#     inference and training (one JSONL: cuda-full-*-triton-resident.jsonl).
+#     triton with the strategy forced vs cuDNN at the issue's target shapes and one LSTM with a
+#     projection (P=256 of H=512), fp32 and bf16, inference and training (one JSONL:
+#     cuda-full-*-triton-resident.jsonl).
 RESIDENT_SECS=${RESIDENT_SECS:-110}
 if [ -z "${SKIP_BENCH:-}" ] && [ "$RESIDENT_SECS" -gt 0 ]; then
   stop=$((SECONDS + $(cap "$RESIDENT_SECS" 120)))
@@ -142,6 +143,7 @@ if [ -z "${SKIP_BENCH:-}" ] && [ "$RESIDENT_SECS" -gt 0 ]; then
   RNNKERNELS_TRITON_STRATEGY=resident run timeout -k 5 "$secs" "$PY" -m bench.run --full \
     --device cuda --no-validate --no-plot --providers torch,triton --tag triton-resident \
     --configs long-b1 long-b16 fastrnn --shape cell=lstm,T=1024,B=16,I=1024,H=1024 \
+    --shape T=1024,B=16,I=512,H=512,P=256 \
     --dtypes float32,bfloat16 --min-time 0.1 --out "$DIR" \
     || log "RESIDENT SWEEP FAILED or timed out (records written so far are kept)"
 fi

@@ -100,8 +100,11 @@ def seeded_state(cls_name: str, kwargs: dict, seed: int) -> dict:
 
 
 def module_kwargs(cfg, cell: str) -> dict:
-    return dict(input_size=cfg.I, hidden_size=cfg.H, num_layers=cfg.layers,
-                bidirectional=cfg.bidirectional, bias=True)
+    kw = dict(input_size=cfg.I, hidden_size=cfg.H, num_layers=cfg.layers,
+              bidirectional=cfg.bidirectional, bias=True)
+    if cfg.proj:
+        kw["proj_size"] = cfg.proj
+    return kw
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -138,7 +141,7 @@ def make_inputs(cfg, cell: str, device: torch.device, dtype: torch.dtype, seed: 
     gen = torch.Generator().manual_seed(seed + 1)
     D = 2 if cfg.bidirectional else 1
     x = _randn(gen, (cfg.T, cfg.B, cfg.I), device, dtype)
-    h0 = _randn(gen, (cfg.layers * D, cfg.B, cfg.H), device, dtype)
+    h0 = _randn(gen, (cfg.layers * D, cfg.B, cfg.proj or cfg.H), device, dtype)
     hx: Tensor | tuple = h0
     if cell == "LSTM":
         hx = (h0, _randn(gen, (cfg.layers * D, cfg.B, cfg.H), device, dtype))

@@ -33,6 +33,8 @@ def test_spec_fields_and_defaults():
     d = C.parse_spec("T=5,B=2,H=9,bidir=1,packed=true,cell=gru+RNN,name=mine,L=3")
     assert (d.I, d.layers, d.bidirectional, d.packed, d.cells, d.name) == \
         (9, 3, True, True, ("GRU", "RNN"), "mine")
+    p = C.parse_spec("T=5,B=2,H=9,P=4")    # a projection: an LSTM-only shape
+    assert (p.proj, p.cells, p.name) == (4, ("LSTM",), "T5-B2-I9-H9-L1-P4")
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -43,6 +45,8 @@ def test_spec_fields_and_defaults():
     ("T=1,B=1,H=4,depth=2", "unknown key 'depth'"),
     ("T=1,B=1,H=4,cell=lstmx", "cell='lstmx'"),
     ("T=1,B=1,H=4,bidir=maybe", "bidir='maybe': expected 0 or 1"),
+    ("T=1,B=1,H=4,P=4", "proj_size must be smaller than H"),
+    ("T=1,B=1,H=4,P=2,cell=gru", "P \\(proj_size\\) is an LSTM option"),
 ])
 def test_bad_spec_says_what_is_wrong(spec, message):
     with pytest.raises(ValueError, match=message):

@@ -100,6 +100,11 @@ def test_resident_plan_and_layout(monkeypatch):
                      ("lstm", 16, 1024): (16, 8, 128, 128, sync, 8),
                      ("rnn", 16, 512): (16, 16, 32, 128, sync, 8),
                      ("gru", 3, 33): (4, 4, 9, 64, sync, 4)}
+    # a streamed fp32 backward in tl.dot form reads 32 columns a step (aot: spills at 128)
+    p32, p16 = (RL.make_plan(CELLS["lstm"], gpu, dt, 16, 512, {})
+                for dt in (torch.float32, torch.float16))
+    assert (RL.chunk(p32, 512, True), RL.chunk(p32, 512, False), RL.chunk(p16, 512, True)) == \
+        (32, 128, 128)
     with pytest.raises(RuntimeError, match="132 SMs"):
         RL.make_plan(CELLS["lstm"], gpu, torch.float32, 16 * 133, 64, {})
     dev = torch.device(DEVICE)

@@ -134,7 +134,8 @@ def _compile_resident(cell, backward, B, H, P, dt, torch_dt, arch, target) -> in
     from . import resident, resident_launch as RL, resident_proj
     spec = CELLS[cell]
     pl = RL.make_plan(spec, torch.device("cpu"), torch_dt, B, H, {}, num_sms=_RESIDENT_SMS, P=P)
-    consts = dict(HAS_LEN=True, REVERSE=True, SYNC=2, BB=pl.BB, U=pl.BH, KC=pl.BK,
+    KC = RL.chunk(pl, H if P is None else P, backward)
+    consts = dict(HAS_LEN=True, REVERSE=True, SYNC=2, BB=pl.BB, U=pl.BH, KC=KC,
                   DOT_F32=dt == "fp32" or (dt == "bf16" and arch < 80))
     if P is not None:
         UP = RL.proj_columns(pl, P)
@@ -157,7 +158,7 @@ def _compile_resident(cell, backward, B, H, P, dt, torch_dt, arch, target) -> in
             fn = resident._resident_fwd_kernel
     label = (f"sm_{arch} {dt} {cell}_{'bwd' if backward else 'fwd'} resident B={B} H={H}"
              f"{f' P={P}' if P else ''} [{pl.nprog_h} programs × BB={pl.BB} U={pl.BH} "
-             f"KC={pl.BK}, {pl.num_warps} warps]")
+             f"KC={KC}, {pl.num_warps} warps]")
     return _compile_one(fn, consts, dt, pl, target, label)
 
 

@@ -97,6 +97,17 @@ def proj_chunks(pl: _plan.Plan, H: int, P: int) -> tuple[int, int]:
     return (KPR if pl.BK == padded_k(P) else min(pl.BK, KPR)), KPR
 
 
+def chunk(pl: _plan.Plan, K: int, backward: bool) -> int:
+    """KC of one scan's products (K: their reduction length): the plan's, but a streamed fp32
+    backward in tl.dot form (IEEE FMA, BB ≥ 16) reads at most 32 columns at a time: its dot
+    keeps the [BB, KC] partial tile in registers beside the chunk, and at 128 columns the
+    sm_90 builds spilled 64-992 bytes (``aot.py``; none at 32)."""
+    if (backward and pl.BB >= 16 and pl.dot_f32 == _plan.DOT_IEEE
+            and pl.BK < padded_k(K)):
+        return min(pl.BK, 32)
+    return pl.BK
+
+
 def padded_k(H: int) -> int:
     """KP: the K axis (H) padded to a power of two ≥ 16."""
     return max(16, _pow2_at_least(H))
@@ -146,7 +157,7 @@ def run(spec: CellSpec, backward: bool, bufs: dict, sizes: dict, known: dict, pl
     consts = dict(CELL=_CELL_CODE[spec.name], RELU=bool(known.get("RELU", False)),
                   HAS_LEN=known["HAS_LEN"], REVERSE=known["REVERSE"], SYNC=pl.sync,
                   DOT_F32=pl.dot_f32, G=spec.gates, G4=padded_gates(spec), BB=pl.BB, U=pl.BH,
-                  KC=pl.BK, KP=padded_k(H))
+                  KC=chunk(pl, H, backward), KP=padded_k(H))
     w = reorder(bufs["w_hh"], spec, pl.BH)
     ws = bufs.get("cs", bufs.get("hn_lin", dummy))
     grid = (pl.grid_b(B), pl.nprog_h)
@@ -187,7 +198,8 @@ def _run_proj(backward: bool, bufs: dict, sizes: dict, known: dict, pl: _plan.Pl
     T, B, H, P = sizes["T"], sizes["B"], sizes["H"], sizes["P"]
     UP = proj_columns(pl, P)
     consts = dict(HAS_LEN=known["HAS_LEN"], REVERSE=known["REVERSE"], SYNC=pl.sync,
-                  DOT_F32=pl.dot_f32, BB=pl.BB, U=pl.BH, UP=UP, KC=pl.BK, KP=padded_k(P))
+                  DOT_F32=pl.dot_f32, BB=pl.BB, U=pl.BH, UP=UP, KC=chunk(pl, P, backward),
+                  KP=padded_k(P))
     w = reorder(bufs["w_hh"], CELLS["lstm"], pl.BH)
     wr = reorder_proj(bufs["w_hr"], pl.BH, UP, backward)
     if not backward:
