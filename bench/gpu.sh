@@ -179,7 +179,8 @@ if [ -z "${SKIP_BENCH:-}" ]; then
 fi
 
 # 5. The measured plan of auto on this GPU: torch.nn (cuDNN) vs the backend auto resolves to,
-#    per cell, mode, dtype, B and H (python -m bench.plan --device cuda), merged into a copy of
+#    per cell, mode, dtype, B and H (python -m bench.plan --device cuda; triton's points also
+#    time the resident strategy and name it where it won, so auto runs it there), merged into a copy of
 #    the tree's rnnkernels/plans/cuda.json (other GPUs' tables kept) in $DIR, then copied into
 #    the tree. --budget-s leaves ~45 s for Python, CUDA and Triton start-up and the write; what
 #    the budget cuts is dropped by whole (dtype, cell, mode) groups (float16 first to go).

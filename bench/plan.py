@@ -21,7 +21,11 @@ or cuda without triton); B ∈ {1, 16, 64, 256}, H ∈ {128, 512, 1024}, float32
 bfloat16 and float16, T = 128 (a launch, ~10 µs, is then a small part of a call of ≥ 128 steps);
 a round is ``bench/measure.py``'s ``time_cuda`` (CUDA events, L2 flushed before each call, as
 ``bench.run`` times), ~25 ms of calls. The table key is the GPU's (``plan.cuda_key``: name,
-compute capability, SM count). About 3 minutes on an H200.
+compute capability, SM count). Where ours is triton, each one-direction point also times the
+Triton strategies ``auto`` takes only where measured (``plan.TRITON_STRATEGIES``: ``resident``)
+in the same rounds; the fastest of ours sets the ratio, and the point names the strategy
+(``"triton_strategy"``) when it is not auto's own, which ``auto`` then runs near that point.
+About 3-5 minutes on an H200.
 
 ``--budget-s`` stops the sweep cleanly when the time is spent: the (dtype, cell, mode) group
 being measured is dropped whole (a group with only some of its sizes would stand, through the
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import statistics
@@ -139,6 +144,9 @@ class Target:
     samples: Callable[[Callable], list[float]]      # ms per call of one timed round of a step
     record: dict = field(default_factory=dict)      # the device's fields of "measured"
     context: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
+    # other ways of running ours, timed beside it: {label: a context manager factory}; the
+    # faster is kept (the point's "triton_strategy" when an alternative won)
+    alternatives: Callable[[torch.dtype], dict] = lambda dtype: {}
 
 
 def cpu_target(args) -> Target:
@@ -170,13 +178,35 @@ def cuda_target(args) -> Target:
     env = M.environment("cuda")
     props = torch.cuda.get_device_properties(device)
     ours = {dt: backends.resolve("auto", "cuda", dt) for dt in args.dtypes}
+
+    def alternatives(dtype):     # the Triton strategies auto takes only where measured faster
+        if ours[dtype] != "triton":
+            return {}
+        return {name: (lambda name=name: _setting("RNNKERNELS_TRITON_STRATEGY", name))
+                for name in P.TRITON_STRATEGIES}
     return Target("cuda", device, lambda: P.table_key("cuda", device.index), ours.__getitem__,
                   lambda step: M.time_cuda(step, CUDA_ROUND),
                   {"device_name": env["device_name"], "capability": env["capability"],
                    "sm_count": props.multi_processor_count, "cuda": env["cuda"],
                    "cudnn": env["cudnn"], "triton": env["triton"], "tf32": False,
                    "ours": {H.dtype_name(dt): name for dt, name in ours.items()},
-                   "timer": "cuda-events (L2 flushed per call), bench.measure.time_cuda"})
+                   "timer": "cuda-events (L2 flushed per call), bench.measure.time_cuda"},
+                  alternatives=alternatives)
+
+
+@contextlib.contextmanager
+def _setting(env: str, value: str):
+    """An environment setting of rnnkernels for the block (process-wide, so autograd's device
+    threads, which run the backward, see it too: a context variable would not reach them)."""
+    old = os.environ.get(env)
+    os.environ[env] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[env]
+        else:
+            os.environ[env] = old
 
 
 TARGETS = {"cpu": cpu_target, "cuda": cuda_target}
@@ -212,14 +242,41 @@ def choose_T(target: Target, cell: str, mode: str, dtype: torch.dtype, B: int, H
 
 def measure_point(target: Target, cell: str, mode: str, dtype: torch.dtype, B: int, Hs: int,
                   T: int, reps: int, seed: int, bidir: bool = False) -> dict:
-    """One plan point: medians over ``reps`` interleaved rounds of each side, and their ratio."""
+    """One plan point: medians over ``reps`` interleaved rounds of each side, and their ratio.
+    One-direction points also time ours under each of the target's ``alternatives`` (in the
+    same rounds; one that fails on the shape is left out) and keep the fastest of ours."""
     ref, ours = _steps(target, cell, mode, dtype, B, Hs, T, seed, bidir)
     ref(), ours()                                           # warm-up (and the one-off costs)
-    t_ref, t_ours = M.interleaved([ref, ours], target.samples, reps, reps)
-    m_ref, m_ours = statistics.median(t_ref), statistics.median(t_ours)
-    return {"cell": cell, "mode": mode, "dtype": H.dtype_name(dtype), "B": B, "H": Hs, "T": T,
-            **({"bidirectional": True} if bidir else {}), "ratio": round(m_ref / m_ours, 4), "torch_ms": round(m_ref, 4),
-            "ours_ms": round(m_ours, 4)}
+    steps, contexts = [ref, ours], {}
+    for label, context in ({} if bidir else target.alternatives(dtype)).items():
+        alt = functools.partial(ours)                       # a step of its own identity
+        try:
+            with context():
+                alt()
+        except Exception as exc:  # noqa: BLE001 - an alternative that cannot run is left out
+            print(f"  {label}: not run at {cell} B={B} H={Hs}: {type(exc).__name__}: {exc}",
+                  flush=True)
+            continue
+        steps.append(alt)
+        contexts[alt] = (label, context)
+
+    def sample(step):
+        with contexts.get(step, (None, contextlib.nullcontext))[1]():
+            return target.samples(step)
+    medians = [statistics.median(t) for t in M.interleaved(steps, sample, reps, reps)]
+    m_ref, m_ours, best = medians[0], medians[1], None
+    for step, m in zip(steps[2:], medians[2:]):
+        if m < m_ours:
+            m_ours, best = m, contexts[step][0]
+    point = {"cell": cell, "mode": mode, "dtype": H.dtype_name(dtype), "B": B, "H": Hs, "T": T,
+             **({"bidirectional": True} if bidir else {}), "ratio": round(m_ref / m_ours, 4),
+             "torch_ms": round(m_ref, 4), "ours_ms": round(m_ours, 4)}
+    if contexts:
+        point["strategies_ms"] = {"auto": round(medians[1], 4), **{
+            contexts[step][0]: round(m, 4) for step, m in zip(steps[2:], medians[2:])}}
+    if best is not None:
+        point["triton_strategy"] = best
+    return point
 
 
 def sweep(args, target: Target, key: str, clock: Callable[[], float] = time.perf_counter):
@@ -248,7 +305,9 @@ def sweep(args, target: Target, key: str, clock: Callable[[], float] = time.perf
                 group.append(p)
                 print(f"{key} {cell:4s} {mode:6s} {layout:5s} {p['dtype']:8s} B={B:<4d} H={Hs:<5d} "
                       f"T={T:<4d} torch {p['torch_ms']:9.3f} ms  ours {p['ours_ms']:9.3f} ms  "
-                      f"ratio {p['ratio']:.2f}", flush=True)
+                      f"ratio {p['ratio']:.2f}"
+                      + (f" ({p['triton_strategy']})" if "triton_strategy" in p else ""),
+                      flush=True)
         points += group
     return points, []
 

@@ -5,6 +5,7 @@ generator's ``--device cuda`` path (argument defaults, the ``--budget-s`` logic,
 the file) with a fake device target. Plans are synthetic; nothing is timed."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -234,6 +235,60 @@ def test_generator_cuda_merges_into_the_cuda_plan(gpus, plans_dir, monkeypatch, 
     assert len(measured["rounds"]) == 4 * 2 * 2                 # points × sides × reps
     assert doc["tables"][H100]["points"] == [_point(ratio=0.7)]
     assert P.table("cuda")["points"] == table["points"]         # what the loader reads
+
+
+def test_generator_keeps_the_faster_triton_strategy(gpus, plans_dir, monkeypatch, tmp_path):
+    """Where ours is triton, one-direction points also time the strategies auto takes only
+    where measured (in the same rounds): the faster sets the ratio and is named; one that
+    cannot run the shape is left out; bidirectional points time auto's alone."""
+    active = []
+
+    @contextlib.contextmanager
+    def resident():
+        active.append(1)
+        yield
+        active.pop()
+
+    @contextlib.contextmanager
+    def broken():
+        raise RuntimeError("needs more SMs than the GPU has")
+        yield   # noqa: unreachable - a generator
+
+    def target(args):
+        t = _fake_cuda_target(args)
+        t.samples = lambda step: (step(), [0.5 if active else 2.0])[1]
+        t.alternatives = lambda dtype: {"resident": resident, "broken": broken}
+        return t
+    monkeypatch.setitem(G.TARGETS, "cuda", target)
+    plans_dir("cuda", {})
+    assert G.main(["--device", "cuda", "--cells", "GRU", "--modes", "fwdbwd", "--batches", "2",
+                   "--hidden", "8", "--T", "3", "--dtypes", "float32", "--reps", "2"]) == 0
+    points = json.loads((tmp_path / "cuda.json").read_text())["tables"][H200]["points"]
+    uni, bidir = sorted(points, key=lambda p: bool(p.get("bidirectional")))
+    assert uni["triton_strategy"] == "resident" and uni["ratio"] == 4.0
+    assert uni["strategies_ms"] == {"auto": 2.0, "resident": 0.5}
+    assert bidir["ratio"] == 1.0 and "triton_strategy" not in bidir
+    assert "strategies_ms" not in bidir
+    assert P.triton_strategy("cuda", "GRU", True, F32, 2, 8) == "resident"
+
+
+def test_triton_strategy_lookup(gpus, monkeypatch):
+    """A point's triton_strategy reaches the Triton plan through ``triton_strategy``: the nearest
+    point of the call's cell, mode and dtype on this GPU's table; None elsewhere, with the plan
+    off, and a strategy outside TRITON_STRATEGIES is a malformed plan."""
+    P.set_plan(_plan("cuda", {H200: [
+        _point("LSTM", "fwdbwd", 16, 512, 2.0, "float32") | {"triton_strategy": "resident"},
+        _point("LSTM", "fwd", 16, 512, 1.5, "float32")]}))
+    assert P.triton_strategy("cuda", "LSTM", True, F32, 16, 512) == "resident"
+    assert P.triton_strategy("cuda", "LSTM", True, F32, 8, 1024) == "resident"   # the nearest
+    assert P.triton_strategy("cuda", "LSTM", False, F32, 16, 512) is None
+    assert P.triton_strategy("cuda", "GRU", True, F32, 16, 512) is None
+    assert P.triton_strategy("cuda", "LSTM", True, BF16, 16, 512) is None
+    assert P.triton_strategy(torch.device("cuda", 1), "LSTM", True, F32, 16, 512) is None
+    monkeypatch.setenv("RNNKERNELS_PLAN", "off")
+    assert P.triton_strategy("cuda", "LSTM", True, F32, 16, 512) is None
+    with pytest.raises(ValueError, match="malformed point"):
+        P.validate(_plan("cuda", {H200: [_point() | {"triton_strategy": "fastest"}]}))
 
 
 def test_generator_with_no_time_leaves_the_file_alone(gpus, plans_dir, monkeypatch, tmp_path,

@@ -143,6 +143,35 @@ def test_resident_plan_and_layout(monkeypatch):
                 assert torch.equal(r[c, u * 4 + g], want), (c, u, g)
 
 
+def test_auto_takes_resident_where_the_plan_measured_it(monkeypatch):
+    """On a GPU ``auto`` runs a scan with ``resident`` where the measured plan names it for the
+    call's cell, mode (training or not), dtype, B and H; elsewhere, for a variant, and where
+    resident cannot run the shape (more batch groups than SMs), auto's own rules."""
+    from rnnkernels.backends import plan as P
+    from rnnkernels.backends.triton import plan
+    from rnnkernels.cells import CELLS
+    monkeypatch.setattr(plan, "_num_sms", lambda device: 132)
+    monkeypatch.setattr(P, "table_key", lambda device_type, index=None: "a GPU")
+    monkeypatch.delenv("RNNKERNELS_PLAN", raising=False)     # conftest turns the plan off
+    point = {"cell": "LSTM", "mode": "fwdbwd", "dtype": "float32", "B": 16, "H": 512, "T": 128,
+             "ratio": 2.0, "triton_strategy": "resident"}
+    P.set_plan({"schema": 1, "device": "cuda", "threshold": 1.03,
+                "tables": {"a GPU": {"points": [point]}}})
+    gpu = torch.device("cuda")
+
+    def pick(B=16, training=True, cell="lstm", dtype=torch.float32):
+        spec = CELLS[cell] if cell else None
+        return plan.make_plan(gpu, dtype, B, 512, 512, False, cell=spec,
+                              training=training).strategy
+    try:
+        assert pick() == "resident"
+        assert pick(B=8) == "resident"                      # the nearest point
+        assert "resident" not in (pick(training=False), pick(cell="gru"), pick(cell=None),
+                                  pick(dtype=torch.float16), pick(B=16 * 133))
+    finally:
+        P.set_plan(None)
+
+
 @pytest.mark.parametrize("cell,proj", [("LSTM", 0), ("LSTM", 20), ("GRU", 0), ("RNN_TANH", 0)])
 def test_resident_streamed_product(cell, proj):
     """``resident`` with W_own (and W_hr) streamed 16 columns at a time (what large H takes on

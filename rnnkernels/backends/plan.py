@@ -26,6 +26,12 @@ itself) against torch.nn on the same weights. One table per machine class, its k
   SM count also separates a MIG slice from the whole GPU. A GPU that was never measured has
   no table and never routes: ``auto`` runs our kernels there, as before the plan existed.
 
+A CUDA point whose ours is the Triton backend may also name the Triton launch strategy that
+ran it fastest, where that is not ``auto``'s own choice: ``"triton_strategy": "resident"``
+(``bench.plan`` times the resident strategy beside auto's on one-direction points; the ratio
+is then torch's time ÷ the faster one's). ``triton_strategy`` gives it to the Triton plan
+(``triton/plan.py``), which runs a scan of ``auto`` with it; no such field: auto's own rules.
+
 The rule (``torch_is_faster``): in the table of the running machine, among the points of the
 call's cell, mode ("fwd": no gradient will be taken; "fwdbwd": it will), dtype and direction
 (a bidirectional call takes the bidirectional points, ``"bidirectional": true``, where the table
@@ -58,6 +64,7 @@ import torch
 from . import config
 
 SCHEMA = 1
+TRITON_STRATEGIES = ("resident",)      # what a point's "triton_strategy" may name
 # Ours keeps a call only where measured at least 3 % faster: a tie within a shared machine's
 # noise goes to torch's kernel, which costs the user nothing (make bench: a 1.0003 point lost
 # 0.93x when run again).
@@ -130,11 +137,13 @@ def validate(plan: dict, where: str = "plan") -> None:
 
 
 def _well_formed(p) -> bool:
-    """A point has a cell, a mode of MODES, a dtype, B and H ≥ 1 and a positive ratio."""
+    """A point has a cell, a mode of MODES, a dtype, B and H ≥ 1, a positive ratio and, if any,
+    a triton_strategy of TRITON_STRATEGIES."""
     return (isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("cell", "dtype"))
             and p.get("mode") in MODES
             and all(isinstance(p.get(k), int) and p[k] >= 1 for k in ("B", "H"))
-            and isinstance(p.get("ratio"), (int, float)) and p["ratio"] > 0)
+            and isinstance(p.get("ratio"), (int, float)) and p["ratio"] > 0
+            and p.get("triton_strategy", TRITON_STRATEGIES[0]) in TRITON_STRATEGIES)
 
 
 def cuda_key(props) -> str:
@@ -217,6 +226,27 @@ def torch_is_faster(device: str | torch.device, cell: str, training: bool, dtype
         answer = _memo[key] = _lookup(where, cell, training, dtype, B, H, bidirectional)
     # The setting last: most answers are False, and the switch takes effect at the next call.
     return answer and config.get("plan") != "off"
+
+
+def triton_strategy(device: str | torch.device, cell: str, training: bool, dtype: torch.dtype,
+                    B: int, H: int) -> str | None:
+    """The Triton launch strategy the plan measured fastest for this call (the nearest
+    one-direction point's ``triton_strategy``, the module docstring), or None: ``auto``'s own
+    rules. Arguments as ``torch_is_faster``; memoised alike; None while tracing or with the
+    setting ``RNNKERNELS_PLAN=off``."""
+    if torch.compiler.is_compiling():
+        return None
+    where = ("cpu", None) if device == "cpu" else _place(device)
+    key = ("triton_strategy", where, cell, training, dtype, B, H)
+    if key not in _memo:
+        found = table(*where)
+        point = None if found is None else nearest(
+            found.get("points", []), cell, "fwdbwd" if training else "fwd", dtype_name(dtype),
+            B, H)
+        if len(_memo) >= _MEMO_LIMIT:
+            _memo.clear()
+        _memo[key] = None if point is None else point.get("triton_strategy")
+    return _memo[key] if config.get("plan") != "off" else None
 
 
 def _place(device: str | torch.device) -> tuple[str, int | None]:

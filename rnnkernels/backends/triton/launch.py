@@ -254,9 +254,11 @@ def _head_plan(pl: _plan.Plan, flags: dict) -> _plan.Plan:
                    nprog_h=flags["NH"], sync=0, num_warps=warps)
 
 
-def _common(kernels: Kernels, ref: torch.Tensor, w_hh, h0, lengths, reverse, flags):
+def _common(kernels: Kernels, ref: torch.Tensor, w_hh, h0, lengths, reverse, flags,
+            training: bool):
     """Sizes, plan and the constexprs every launch of the scan shares; ``ref`` gives the
-    scan's device and dtype (xp forward, h0 backward)."""
+    scan's device and dtype (xp forward, h0 backward); ``training``: the scan is part of a
+    differentiated call (the plan's mode)."""
     spec = kernels.cell
     B, P = h0.shape
     H = spec.hidden_size(w_hh)
@@ -264,7 +266,8 @@ def _common(kernels: Kernels, ref: torch.Tensor, w_hh, h0, lengths, reverse, fla
     # ``resident`` runs the plain cells ± projection (resident.py, resident_proj.py); the
     # variants take auto's strategy there
     plain = not kernels.head_programs and not any(flags.get(k) for k in VARIANT_FLAGS)
-    pl = _plan.make_plan(ref.device, ref.dtype, B, H, P, proj, cell=spec if plain else None)
+    pl = _plan.make_plan(ref.device, ref.dtype, B, H, P, proj, cell=spec if plain else None,
+                         training=training)
     if kernels.head_programs:
         pl = _head_plan(pl, flags)
     known = dict(HAS_LEN=lengths is not None, REVERSE=bool(reverse), G=spec.gates,
@@ -278,7 +281,7 @@ def forward(kernels: Kernels, xp, states, w_hh, lengths, reverse, save, inputs=N
     ``inputs``: the cell's optional tensors (None = absent); ``flags``: its constexprs."""
     flags = dict(flags or {})
     spec, B, H, P, proj, pl, known = _common(kernels, xp, w_hh, states[0], lengths, reverse,
-                                             flags)
+                                             flags, training=bool(save))
     known["SAVE"] = bool(save)
     T, dt, dev = xp.shape[0], xp.dtype, xp.device
     acc = acc_dtype(dt)
@@ -307,7 +310,8 @@ def backward(kernels: Kernels, grad_out, grad_finals, states, w_hh, lengths, rev
     ``grad_finals`` and ``states`` follow the cell's states (grad_hn, grad_cn; h0, c0)."""
     flags = dict(flags or {})
     h0 = states[0]
-    spec, B, H, P, proj, pl, known = _common(kernels, h0, w_hh, h0, lengths, reverse, flags)
+    spec, B, H, P, proj, pl, known = _common(kernels, h0, w_hh, h0, lengths, reverse, flags,
+                                             training=True)
     T, dt, dev = grad_out.shape[0], h0.dtype, h0.device
     dxp = empty((T, B, spec.gates * H), dt, dev)
     dh0 = empty((B, P), dt, dev)

@@ -30,8 +30,9 @@ Strategies (see ``launch.py`` for the step order and phases, the cell modules fo
     the backward sums the programs' partial dg·W slices instead of a 4H-long serial loop.
     Plain cells (± the LSTM projection: ``resident_proj.py``, two barriers a step); the
     variants take ``auto``'s strategy. Its own kernels and plan (``resident.py``,
-    ``resident_launch.py``). Not picked by ``auto`` until a
-    GPU run has measured it.
+    ``resident_launch.py``). ``auto`` picks it on a GPU only where the measured plan names it
+    for the call (``backends/plan.py``: ``triton_strategy``, measured by ``bench.plan --device
+    cuda``, which times it beside auto's own strategy).
 
 ``auto`` (see ``_auto_strategy``): ``persistent`` when one program has at most 4 tile products
 per step, ``persistent-grid`` on a GPU up to H, P ≤ 256 when every program gets at most 2
@@ -228,16 +229,29 @@ def _auto_strategy(device: torch.device, dtype: torch.dtype, B: int, H: int, P: 
 
 
 def make_plan(device: torch.device, dtype: torch.dtype, B: int, H: int, P: int,
-              has_proj: bool, cell=None) -> Plan:
+              has_proj: bool, cell=None, training: bool = True) -> Plan:
     """The strategy and launch configuration of one scan (forward or backward). ``cell``: the
     CellSpec of a scan that ``resident`` can run (a plain cell, ± projection, no variants);
-    None sends a request for ``resident`` to ``auto``'s choice."""
+    None sends a request for ``resident`` to ``auto``'s choice. ``training``: the scan belongs
+    to a call that will be differentiated (the backward scan, or a forward that saves its
+    workspaces). Under ``auto`` on a GPU the measured plan (``backends/plan.py``) may name
+    ``resident`` for the call's cell, mode, dtype, B and H; if it cannot run this shape (more
+    batch groups than SMs), auto's own rules decide."""
     name = requested_strategy()
     tune = _tuning.get()
-    if name == "resident" and cell is not None:
+    measured = False
+    if name == "auto" and cell is not None and device.type == "cuda":
+        from .. import plan as _measured  # noqa: PLC0415
+        measured = _measured.triton_strategy(device, cell.name.upper(), training, dtype, B,
+                                             H) == "resident"
+    if (name == "resident" or measured) and cell is not None:
         from . import resident_launch  # noqa: PLC0415 - resident_launch imports this module
-        return resident_launch.make_plan(cell, device, dtype, B, H, tune,
-                                         P=P if has_proj else None)
+        try:
+            return resident_launch.make_plan(cell, device, dtype, B, H, tune,
+                                              P=P if has_proj else None)
+        except RuntimeError:
+            if not measured:
+                raise
     if name in ("auto", "resident"):
         name = _auto_strategy(device, dtype, B, H, P, has_proj)
     if name == "persistent-grid" and INTERPRET:

@@ -42,8 +42,9 @@ global buffers between launches, so CI proves exactly this code on the CPU.
 
 The LSTM with a projection: ``resident_proj.py`` (two phases and barriers a step, these
 helpers). Not covered (the launcher uses the other strategies there): the recurrent variants.
-``auto`` does not pick ``resident`` until a GPU sweep has measured it
-(``bench/gpu.sh``); force it with ``strategy("resident")`` or RNNKERNELS_TRITON_STRATEGY.
+``auto`` picks ``resident`` only where the GPU's measured plan names it (``bench/gpu.sh`` runs
+``bench.plan``, which times it beside auto's strategy); force it with ``strategy("resident")``
+or RNNKERNELS_TRITON_STRATEGY.
 """
 from __future__ import annotations
 
