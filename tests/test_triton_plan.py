@@ -100,6 +100,9 @@ def test_resident_plan_and_layout(monkeypatch):
                      ("lstm", 16, 1024): (16, 8, 128, 128, sync, 8),
                      ("rnn", 16, 512): (16, 16, 32, 128, sync, 8),
                      ("gru", 3, 33): (4, 4, 9, 64, sync, 4)}
+    # two pipeline stages when streamed (the next chunk's loads during the current product)
+    assert [RL.make_plan(CELLS["lstm"], gpu, torch.float32, B, 512, {}).num_stages
+            for B in (1, 16)] == [1, 2]
     # a streamed fp32 backward in tl.dot form reads 32 columns a step (aot: spills at 128)
     p32, p16 = (RL.make_plan(CELLS["lstm"], gpu, dt, 16, 512, {})
                 for dt in (torch.float32, torch.float16))

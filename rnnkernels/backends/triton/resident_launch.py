@@ -39,7 +39,8 @@ def make_plan(spec: CellSpec, device: torch.device, dtype: torch.dtype, B: int, 
     * KC (the plan's BK): KP, the padded K axis, when the W block [N, KP] and one [BB, KP]
       operand fit the registers (W_own loaded once before the loop), else the columns the
       streamed product reads at a time from the cache (the block stays in L1/L2 across steps);
-    * the warps that keep those at ≤ 64 registers a thread;
+    * the warps that keep those at ≤ 64 registers a thread, and two pipeline stages when
+      streamed in chunks of 32 or more;
     * with a projection (``P``: its size; ``resident_proj.py``), K = P for W_hh, and the
       registers count both phases' blocks: forward W_own and the W_hr rows of the program's
       columns (``proj_columns``), backward W_own and its W_hr columns (both [U·4, P]);
@@ -75,8 +76,12 @@ def make_plan(spec: CellSpec, device: torch.device, dtype: torch.dtype, B: int, 
     warps = _pow2_at_least(max(1, rows * KC // (32 * _MAX_W_PER_THREAD)))
     # tl.dot's operand layout conversions need the registers of 8 warps (aot.py: 4 spill)
     warps = tune.get("num_warps", min(16, max(8 if BB >= 16 else 4, warps)))
+    # streamed: two stages, the next chunk's loads issued while the current one multiplies
+    # (aot.py: no spill at 2 but with chunks of 16, the largest blocks, which spilled 16-32
+    # bytes; 3 stages spilled 8-40 bytes)
+    stages = tune.get("num_stages", 2 if 32 <= KC < KP else 1)
     sync = 0 if _plan.INTERPRET or device.type != "cuda" else 2
-    return _plan.Plan("resident", BB, U, KC, warps, 1, _plan.triton_cdiv(H, U), sync,
+    return _plan.Plan("resident", BB, U, KC, warps, stages, _plan.triton_cdiv(H, U), sync,
                       _plan.dot_f32(dtype, device))
 
 
