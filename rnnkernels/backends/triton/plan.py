@@ -80,7 +80,10 @@ def _check_strategy(name: str) -> str:
 @contextlib.contextmanager
 def strategy(name: str):
     """Force the launch strategy inside the block:
-    ``with rnnkernels.backends.triton.strategy("step"):``."""
+    ``with rnnkernels.backends.triton.strategy("step"):``. A context variable: it holds for the
+    scans this thread launches. On a GPU autograd runs a backward on its own device thread,
+    where the setting RNNKERNELS_TRITON_STRATEGY (process-wide) applies instead; every
+    strategy computes the same gradients, so that changes the speed, never the result."""
     token = _strategy.set(_check_strategy(name))
     try:
         yield
