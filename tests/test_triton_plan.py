@@ -146,6 +146,42 @@ def test_resident_plan_and_layout(monkeypatch):
                 assert torch.equal(r[c, u * 4 + g], want), (c, u, g)
 
 
+def test_resident_launches_a_spill_free_build():
+    """On a GPU the launcher compiles the plan's build and, if the driver counts spilled
+    registers, the variants most like it in order (other warps, other stages, half and a
+    quarter of the chunk), launching the first without a spill; once per kernel and plan.
+    A triton without ``warmup`` or spill counts launches the plan's build."""
+    from rnnkernels.backends.triton import resident_launch as RL
+    compiled = []
+
+    class Build:
+        def __init__(self, spills):
+            self.n_spills = spills
+
+        def _init_handles(self):
+            pass
+
+    class Kernel:
+        def warmup(self, *args, grid, **kw):
+            compiled.append((kw["KC"], kw.get("KCR"), kw["num_warps"], kw["num_stages"]))
+            return Build(0 if (kw["KC"], kw["num_warps"]) == (64, 4) else 48)
+    kernel = Kernel()
+    consts = {"KC": 128, "KP": 512, "CELL": 0}
+    opts = {"num_warps": 8, "num_stages": 2, "launch_cooperative_grid": True}
+    c, o = RL.spill_free(kernel, [1, 2], (1, 4), consts, opts)
+    assert (c, o) == ({**consts, "KC": 64}, {**opts, "num_warps": 4})
+    assert [k[::2] for k in compiled] == [(128, 8), (128, 8), (128, 4), (128, 4), (64, 8),
+                                          (64, 8), (64, 4)]
+    assert RL.spill_free(kernel, [1, 2], (1, 4), consts, opts) == (c, o) and len(compiled) == 7
+    # a projection's W_hr chunk follows KC; a resident block (KC = KP) has one stage
+    compiled.clear()
+    RL.spill_free(Kernel(), [], (1, 4), {"KC": 128, "KP": 128, "KCR": 256},
+                  {"num_warps": 8, "num_stages": 1}, KPR=256)
+    assert compiled[:4] == [(128, 256, 8, 1), (128, 256, 4, 1), (64, 64, 8, 1),
+                            (64, 64, 8, 2)]
+    assert RL.spill_free(object(), [], (1, 1), consts, opts) == (consts, opts)
+
+
 def test_auto_takes_resident_where_the_plan_measured_it(monkeypatch):
     """On a GPU ``auto`` runs a scan with ``resident`` where the measured plan names it for the
     call's cell, mode (training or not), dtype, B and H; elsewhere, for a variant, and where

@@ -47,7 +47,9 @@ def make_plan(spec: CellSpec, device: torch.device, dtype: torch.dtype, B: int, 
     * the barrier: a grid barrier on a GPU, the launch boundary (one launch per step) under
       the interpreter.
 
-    The thresholds come from the sm_90 builds' registers and spills (``aot.py``)."""
+    The thresholds come from the sm_90 builds' registers and spills (``aot.py``); where the
+    installed triton's build of the plan still spills, the launcher runs the first variant
+    that does not (``spill_free``)."""
     G4 = padded_gates(spec)
     BB = tune.get("block_b", min(16, _pow2_at_least(max(B, 1))))
     U = tune.get("block_h", max(1, 16 // G4))
@@ -151,6 +153,54 @@ def reorder_proj(w_hr: torch.Tensor, U: int, UP: int, backward: bool) -> torch.T
     return out.reshape(nprog, U * 4, P)
 
 
+# ------------------------------------------------------------------------- spill-free builds
+_LAUNCHED: dict = {}       # (kernel, planned constexprs and options) -> the ones launched
+
+
+def _variants(consts: dict, opts: dict, KPR: int | None = None):
+    """The planned build first, then the same scan in other shapes, the ones most like it
+    first: the other warp count (4 ↔ 8), the other stage count, then half and a quarter of
+    the chunk (streamed), each with both warp counts; KCR (a projection's W_hr chunk, K =
+    ``KPR``) follows KC as in ``proj_chunks``."""
+    KC, KP, warps, stages = consts["KC"], consts["KP"], opts["num_warps"], opts["num_stages"]
+    seen = []
+    for kc in (KC, KC // 2, KC // 4):
+        if kc < 16:
+            break
+        for w in (warps, 8 if warps == 4 else 4):
+            for st in ((stages, 3 - stages) if kc < KP else (1,)):
+                c = {**consts, "KC": kc}
+                if KPR is not None:
+                    c["KCR"] = KPR if kc == KP else min(kc, KPR)
+                if (c, w, st) not in seen:
+                    seen.append((c, w, st))
+                    yield c, {**opts, "num_warps": w, "num_stages": st}
+
+
+def spill_free(kernel, call_args: list, grid, consts: dict, opts: dict, KPR: int | None = None):
+    """(constexprs, options) to launch ``kernel`` with: the plan's, unless that build spills
+    registers to local memory and another of ``_variants`` does not, then the first such.
+    The plan's thresholds come from sm_90 builds of one triton version; ptxas and triton's
+    layouts differ between versions (triton 3.6 spills 24-440 bytes in builds that 3.9 keeps
+    in registers), so the builds are compiled here (``warmup``, cached by triton on disk) and
+    the driver's spill count decides, once per (kernel, plan) in a process. A triton without
+    ``warmup`` or spill counts: the plan's build."""
+    key = (id(kernel), tuple(sorted(consts.items())), tuple(sorted(opts.items())))
+    if key not in _LAUNCHED:
+        _LAUNCHED[key] = (consts, opts)
+        for c, o in _variants(consts, opts, KPR):
+            try:
+                build = kernel.warmup(*call_args, grid=grid, **c, **o)
+                build._init_handles()
+                spills = int(build.n_spills)
+            except Exception:  # noqa: BLE001 - no spill count on this triton: the plan's build
+                break
+            if spills == 0:
+                _LAUNCHED[key] = (c, o)
+                break
+    return _LAUNCHED[key]
+
+
 def run(spec: CellSpec, backward: bool, bufs: dict, sizes: dict, known: dict, pl: _plan.Plan,
         check_sync) -> None:
     """Every launch of one scan (forward s = 0..T-1; backward T-1..-1), ``launch``'s buffers."""
@@ -188,7 +238,9 @@ def run(spec: CellSpec, backward: bool, bufs: dict, sizes: dict, known: dict, pl
         kernel, steps = resident._resident_bwd_kernel, list(range(T - 1, -2, -1))
     ints = (T, B, H)
     if pl.sync == 2:      # one launch: the grid barrier separates the steps
-        kernel[grid](*args, steps[0], len(steps), *ints, **consts, **opts)
+        call = [*args, steps[0], len(steps), *ints]
+        consts, opts = spill_free(kernel, call, grid, consts, opts)
+        kernel[grid](*call, **consts, **opts)
         check_sync(pl, bufs["sync"])
     else:                 # one launch per step: the launch boundary is the barrier
         for s in steps:
@@ -224,13 +276,16 @@ def _run_proj(backward: bool, bufs: dict, sizes: dict, known: dict, pl: _plan.Pl
         consts["RB"] = partial_rows(pl, UP)
         args = [bufs["grad_out"], bufs["c0"], w, wr, bufs["lens"], bufs["gates"], bufs["cs"],
                 bufs["dxp"], bufs["dh0"], bufs["dh"], dhs, dhc, dc[0], part, bufs["sync"]]
-        kernel, steps, phases = resident_proj._resident_proj_bwd_kernel, range(T - 1, -2, -1), "A B"
+        kernel, steps = resident_proj._resident_proj_bwd_kernel, range(T - 1, -2, -1)
+        phases = "A B"
     grid = (pl.grid_b(B), pl.nprog_h)
     opts = pl.launch_options()
     steps, phases = list(steps), phases.split()
     if pl.sync == 2:      # one launch, two grid barriers a step
-        kernel[grid](*args, steps[0], len(steps), T, B, H, P, **consts,
-                     **{f"DO_{p}": 1 for p in phases}, **opts)
+        call = [*args, steps[0], len(steps), T, B, H, P]
+        consts, opts = spill_free(kernel, call, grid, {**consts, **{f"DO_{p}": 1 for p in phases}},
+                                  opts, None if backward else consts["KPR"])
+        kernel[grid](*call, **consts, **opts)
         check_sync(pl, bufs["sync"])
         return
     for s in steps:       # one launch per phase of each step: the launch boundary is the barrier
