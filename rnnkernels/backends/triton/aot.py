@@ -4,8 +4,11 @@
 
 Runs triton's whole GPU pipeline (frontend → TTIR → TTGIR → LLVM → PTX → ptxas) on each
 kernel in each variant the launcher uses (step, persistent, persistent-grid; with and without
-the LSTM projection; every dtype; ``resident`` at the sizes of ``_RESIDENT_*``), with the constexprs of ``launch.launches`` and the tile sizes
-``plan.make_plan`` picks on a GPU.
+the LSTM projection; the recurrent variants' flags; the sLSTM; every dtype; ``resident`` at the
+sizes of ``_RESIDENT_*``, the build its launcher would pick), with the constexprs of
+``launch.launches`` and the tile sizes ``plan.make_plan`` picks on a GPU. Another triton (the
+GPU machine's, say) is checked by putting it first on PYTHONPATH:
+``pip install --no-deps --target /tmp/t triton==3.6.0`` then ``PYTHONPATH=/tmp/t python -m ...``.
 The interpreter cannot find what only the compiler rejects (a type that does not lower, a
 construct the GPU backend lacks) nor register spills; this can, with no device. It prints
 the registers and stack bytes of each kernel when triton's bundled ``cuobjdump`` is there, and
@@ -41,6 +44,16 @@ _CASES = [
     ("gru", True, "step", {}), ("gru", True, "persistent-grid", {}),
     ("rnn", False, "step", {"RELU": False}), ("rnn", False, "persistent-grid", {"RELU": True}),
     ("rnn", True, "step", {"RELU": True}), ("rnn", True, "persistent-grid", {"RELU": False}),
+    # the recurrent variants (``variants.py``: flags of the same kernels): peephole + zoneout
+    # masks, head-wise W_hh (heads of 64) + eval zoneout, head-wise GRU / RNN
+    ("lstm", False, "step", {"PROJ": False, "PEEP": True, "ZH": 1, "ZC": 1}),
+    ("lstm", True, "step", {"PROJ": False, "PEEP": True, "ZH": 1, "ZC": 1}),
+    ("lstm", False, "persistent", {"PROJ": False, "HD": 64, "ZH": 2, "ZC": 2}),
+    ("lstm", True, "persistent", {"PROJ": False, "HD": 64, "ZH": 2, "ZC": 2}),
+    ("gru", False, "step", {"HAS_BHN": True, "HD": 64, "ZH": 1}),
+    ("gru", True, "step", {"HD": 64, "ZH": 1}),
+    ("rnn", False, "step", {"RELU": False, "HD": 64}),
+    ("rnn", True, "step", {"RELU": True, "HD": 64}),
     # the sLSTM (one program a head, ``slstm_kernels.py``): heads of d = 64 (DP) and 128
     ("slstm", False, "persistent", {"NH": 4, "DP": 64}),
     ("slstm", True, "persistent", {"NH": 4, "DP": 64}),
@@ -72,6 +85,8 @@ def _variants(quick: bool):
             label += " proj"
         if "DP" in flags:
             label += f" d{flags['DP']}"
+        label += "".join(f" {k.lower()}{'' if v is True else v}" for k, v in flags.items()
+                         if k in ("PEEP", "HD", "ZH", "ZC") and v)
         out.append((label, cell, backward, strat, flags))
     return out
 
