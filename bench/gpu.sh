@@ -8,7 +8,7 @@
 # and no package registry: nothing is downloaded (pip runs with --no-deps --no-build-isolation).
 # Everything lands in ONE folder: $OUT if set, else bench/results/gpu-<date>/ — at most 8 files,
 # so the folder can be shipped back whole:
-#   gpu.log                  environment, build, tests and benchmark output (all of stdout/stderr)
+#   gpu.log                  environment, build, tests, per-kernel resource counts (aot) and benchmark output
 #   tests-{triton,cuda}-junit.xml  pytest's per-test results of the Triton and CUDA tests
 #   cuda-validate-*.jsonl    validation table records (every module vs torch.nn, odd sizes)
 #   cuda-full-*.jsonl/.png   benchmark records (one JSON line per measurement) and speedup plot
@@ -124,6 +124,14 @@ fi
 # 3. The compiled cuda backend vs the reference and vs cuDNN, compile/autocast/opcheck on CUDA.
 if [ -z "${SKIP_TESTS:-}" ]; then
   pytest_stage cuda "$(cap "${CUDA_TEST_TIMEOUT:-150}" 120)" tests -k "cuda and not triton"
+fi
+
+# 3a. Per-kernel resource counts with this machine's triton and ptxas (registers and spilled
+#     bytes of each scan kernel, the resident ones as their launcher picks them; to gpu.log).
+if [ -z "${SKIP_TESTS:-}" ]; then
+  log "resource counts (60s max): python -m rnnkernels.backends.triton.aot --quick"
+  TRITON_DEFAULT_FP_FUSION=1 run timeout -k 5 "$(cap 60 60)" "$PY" -m rnnkernels.backends.triton.aot \
+    --quick --dtypes fp32,bf16 || log "AOT RESOURCE COUNTS FAILED or timed out"
 fi
 
 # 3b. The resident strategy (issue 12; rnnkernels/backends/triton/resident.py), which auto does
