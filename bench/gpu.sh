@@ -8,7 +8,7 @@
 # and no package registry: nothing is downloaded (pip runs with --no-deps --no-build-isolation).
 # Everything lands in ONE folder: $OUT if set, else bench/results/gpu-<date>/ — at most 8 files,
 # so the folder can be shipped back whole:
-#   gpu.log                  environment, build, tests, per-kernel resource counts (aot) and benchmark output
+#   gpu.log                  environment, build, tests, resource counts (aot), benchmark output
 #   tests-{triton,cuda}-junit.xml  pytest's per-test results of the Triton and CUDA tests
 #   cuda-validate-*.jsonl    validation table records (every module vs torch.nn, odd sizes)
 #   cuda-full-*.jsonl/.png   benchmark records (one JSON line per measurement) and speedup plot
