@@ -75,7 +75,7 @@ MODES = ("fwd", "fwdbwd")
 _override: Path | dict | None = None   # set_plan(): a file or a parsed plan, for tests
 _files: dict[str, dict | None] = {}    # device type -> the parsed plan file (None: no file)
 _keys: dict[tuple, str | None] = {}    # (device type, CUDA index) -> the table key here
-_memo: dict[tuple, bool] = {}
+_memo: dict[tuple, tuple] = {}
 _MEMO_LIMIT = 4096                     # distinct shapes kept; then the memo starts over
 
 
@@ -219,34 +219,42 @@ def torch_is_faster(device: str | torch.device, cell: str, training: bool, dtype
     (grad mode on and an input or parameter requires grad)."""
     if torch.compiler.is_compiling():
         return False
-    where = ("cpu", None) if device == "cpu" else _place(device)
-    key = (where, cell, training, dtype, B, H, bidirectional)
-    answer = _memo.get(key)
-    if answer is None:
-        answer = _memo[key] = _lookup(where, cell, training, dtype, B, H, bidirectional)
+    faster = _entry(device, cell, training, dtype, B, H, bidirectional)[1]
     # The setting last: most answers are False, and the switch takes effect at the next call.
-    return answer and config.get("plan") != "off"
+    return faster and config.get("plan") != "off"
 
 
 def triton_strategy(device: str | torch.device, cell: str, training: bool, dtype: torch.dtype,
                     B: int, H: int) -> str | None:
     """The Triton launch strategy the plan measured fastest for this call (the nearest
     one-direction point's ``triton_strategy``, the module docstring), or None: ``auto``'s own
-    rules. Arguments as ``torch_is_faster``; memoised alike; None while tracing or with the
-    setting ``RNNKERNELS_PLAN=off``."""
+    rules. Arguments as ``torch_is_faster``; None while tracing or with the setting
+    ``RNNKERNELS_PLAN=off``."""
     if torch.compiler.is_compiling():
         return None
+    point = _entry(device, cell, training, dtype, B, H, False)[0]
+    if point is None or config.get("plan") == "off":
+        return None
+    return point.get("triton_strategy")
+
+
+def _entry(device, cell: str, training: bool, dtype: torch.dtype, B: int, H: int,
+           bidirectional: bool) -> tuple[dict | None, bool]:
+    """(the nearest point of the call or None, whether torch's RNN is faster there), memoised
+    per (device, cell, mode, dtype, B, H, direction)."""
     where = ("cpu", None) if device == "cpu" else _place(device)
-    key = ("triton_strategy", where, cell, training, dtype, B, H)
-    if key not in _memo:
+    key = (where, cell, training, dtype, B, H, bidirectional)
+    entry = _memo.get(key)
+    if entry is None:
         found = table(*where)
         point = None if found is None else nearest(
             found.get("points", []), cell, "fwdbwd" if training else "fwd", dtype_name(dtype),
-            B, H)
+            B, H, bidirectional)
+        entry = (point, point is not None and point["ratio"] < threshold(where[0]))
         if len(_memo) >= _MEMO_LIMIT:
             _memo.clear()
-        _memo[key] = None if point is None else point.get("triton_strategy")
-    return _memo[key] if config.get("plan") != "off" else None
+        _memo[key] = entry
+    return entry
 
 
 def _place(device: str | torch.device) -> tuple[str, int | None]:
@@ -259,20 +267,6 @@ def _place(device: str | torch.device) -> tuple[str, int | None]:
         return "cuda", device.index
     # A CUDA tensor exists, so CUDA is initialised; otherwise (no GPU) no table, no init.
     return "cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else None
-
-
-def _lookup(where: tuple[str, int | None], cell: str, training: bool, dtype: torch.dtype,
-            B: int, H: int, bidirectional: bool) -> bool:
-    """``torch_is_faster`` without its memo and switch."""
-    answer = False
-    found = table(*where)
-    if found is not None:
-        point = nearest(found.get("points", []), cell, "fwdbwd" if training else "fwd",
-                        dtype_name(dtype), B, H, bidirectional)
-        answer = point is not None and point["ratio"] < threshold(where[0])
-    if len(_memo) >= _MEMO_LIMIT:
-        _memo.clear()
-    return answer
 
 
 def describe(device_type: str = "cpu") -> dict:
