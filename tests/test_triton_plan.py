@@ -175,8 +175,8 @@ def test_resident_launches_a_spill_free_build():
     assert RL.spill_free(kernel, [1, 2], (1, 4), consts, opts) == (c, o) and len(compiled) == 7
     # a projection's W_hr chunk follows KC; a resident block (KC = KP) has one stage
     compiled.clear()
-    RL.spill_free(Kernel(), [], (1, 4), {"KC": 128, "KP": 128, "KCR": 256},
-                  {"num_warps": 8, "num_stages": 1}, KPR=256)
+    RL.spill_free(Kernel(), [], (1, 4), {"KC": 128, "KP": 128, "KCR": 256, "KPR": 256},
+                  {"num_warps": 8, "num_stages": 1})
     assert compiled[:4] == [(128, 256, 8, 1), (128, 256, 4, 1), (64, 64, 8, 1),
                             (64, 64, 8, 2)]
     assert RL.spill_free(object(), [], (1, 1), consts, opts) == (consts, opts)

@@ -144,38 +144,23 @@ def compile_all(arch: int = 90, dtypes=("fp16", "bf16", "fp32"), quick: bool = F
 def _compile_resident(cell, backward, B, H, P, dt, torch_dt, arch, target) -> int:
     """One build of a ``resident`` kernel with the constexprs its launcher passes (both phases
     of a projection's step in the one launch, as on a GPU)."""
+    import dataclasses
+
     import torch
     from ...cells import CELLS
-    from . import resident, resident_launch as RL, resident_proj
+    from . import resident_launch as RL
     spec = CELLS[cell]
     pl = RL.make_plan(spec, torch.device("cpu"), torch_dt, B, H, {}, num_sms=_RESIDENT_SMS, P=P)
-    KC = RL.chunk(pl, H if P is None else P, backward)
-    consts = dict(HAS_LEN=True, REVERSE=True, SYNC=2, BB=pl.BB, U=pl.BH, KC=KC,
-                  DOT_F32=dt == "fp32" or (dt == "bf16" and arch < 80))
-    if P is not None:
-        UP = RL.proj_columns(pl, P)
-        consts.update(UP=UP, KP=RL.padded_k(P))
-        if backward:
-            consts.update(DO_A=1, DO_B=1, RB=RL.partial_rows(pl, UP))
-            fn = resident_proj._resident_proj_bwd_kernel
-        else:
-            KCR, KPR = RL.proj_chunks(pl, H, P)
-            consts.update(DO_CELL=1, DO_PROJ=1, SAVE=True, KCR=KCR, KPR=KPR)
-            fn = resident_proj._resident_proj_fwd_kernel
-    else:
-        consts.update(CELL=RL._CELL_CODE[cell], RELU=False, G=spec.gates,
-                      G4=RL.padded_gates(spec), KP=RL.padded_k(H))
-        if backward:
-            consts["RB"] = RL.partial_rows(pl)
-            fn = resident._resident_bwd_kernel
-        else:
-            consts.update(HAS_BHN=cell == "gru", SAVE=True)
-            fn = resident._resident_fwd_kernel
+    pl = dataclasses.replace(pl, sync=2)     # the GPU's grid barrier (the CPU plan has none)
+    fn, consts, phases = RL.kernel_of(spec, backward, pl, H, P, dict(
+        HAS_LEN=True, REVERSE=True, SAVE=True, RELU=False, HAS_BHN=cell == "gru"))
+    consts.update({f"DO_{p}": 1 for p in phases})
+    KC = consts["KC"]
     # as the launcher on a GPU (resident_launch.spill_free): the plan's build, or the first of
     # its variants without a spill (here: cuobjdump's stack bytes for the driver's count)
     planned = {"num_warps": pl.num_warps, "num_stages": pl.num_stages}
     note = ""
-    for c, o in RL._variants(consts, planned, consts.get("KPR")):
+    for c, o in RL._variants(consts, planned):
         try:
             k, secs = _build(fn, c, dt, o, target)
         except Exception as exc:  # report every failing build, not just the first

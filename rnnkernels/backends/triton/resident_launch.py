@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ...cells import CELLS, CellSpec
+from ...cells import CellSpec
 from . import plan as _plan
 
 _CELL_CODE = {"lstm": 0, "gru": 1, "rnn": 2}
@@ -101,7 +101,12 @@ def proj_columns(pl: _plan.Plan, P: int) -> int:
 def proj_chunks(pl: _plan.Plan, H: int, P: int) -> tuple[int, int]:
     """(KCR, KPR) of the forward's W_hr block (K = H): resident like W_own, else streamed."""
     KPR = padded_k(H)
-    return (KPR if pl.BK == padded_k(P) else min(pl.BK, KPR)), KPR
+    return _proj_chunk(pl.BK, padded_k(P), KPR), KPR
+
+
+def _proj_chunk(KC: int, KP: int, KPR: int) -> int:
+    """KCR: the W_hr block resident (KPR) when W_own's is (KC = KP), else streamed alike."""
+    return KPR if KC == KP else min(KC, KPR)
 
 
 def chunk(pl: _plan.Plan, K: int, backward: bool) -> int:
@@ -157,12 +162,13 @@ def reorder_proj(w_hr: torch.Tensor, U: int, UP: int, backward: bool) -> torch.T
 _LAUNCHED: dict = {}       # (kernel, planned constexprs and options) -> the ones launched
 
 
-def _variants(consts: dict, opts: dict, KPR: int | None = None):
+def _variants(consts: dict, opts: dict):
     """The planned build first, then the same scan in other shapes, the ones most like it
     first: the other warp count (4 ↔ 8), the other stage count, then half and a quarter of
-    the chunk (streamed), each with both warp counts; KCR (a projection's W_hr chunk, K =
-    ``KPR``) follows KC as in ``proj_chunks``."""
+    the chunk (streamed), each with both warp counts; a projection's W_hr chunk KCR follows
+    KC (``_proj_chunk``)."""
     KC, KP, warps, stages = consts["KC"], consts["KP"], opts["num_warps"], opts["num_stages"]
+    KPR = consts.get("KPR")
     seen = []
     for kc in (KC, KC // 2, KC // 4):
         if kc < 16:
@@ -171,13 +177,13 @@ def _variants(consts: dict, opts: dict, KPR: int | None = None):
             for st in ((stages, 3 - stages) if kc < KP else (1,)):
                 c = {**consts, "KC": kc}
                 if KPR is not None:
-                    c["KCR"] = KPR if kc == KP else min(kc, KPR)
+                    c["KCR"] = _proj_chunk(kc, KP, KPR)
                 if (c, w, st) not in seen:
                     seen.append((c, w, st))
                     yield c, {**opts, "num_warps": w, "num_stages": st}
 
 
-def spill_free(kernel, call_args: list, grid, consts: dict, opts: dict, KPR: int | None = None):
+def spill_free(kernel, call_args: list, grid, consts: dict, opts: dict):
     """(constexprs, options) to launch ``kernel`` with: the plan's, unless that build spills
     registers to local memory and another of ``_variants`` does not, then the first such.
     The plan's thresholds come from sm_90 builds of one triton version; ptxas and triton's
@@ -188,7 +194,7 @@ def spill_free(kernel, call_args: list, grid, consts: dict, opts: dict, KPR: int
     key = (id(kernel), tuple(sorted(consts.items())), tuple(sorted(opts.items())))
     if key not in _LAUNCHED:
         _LAUNCHED[key] = (consts, opts)
-        for c, o in _variants(consts, opts, KPR):
+        for c, o in _variants(consts, opts):
             try:
                 build = kernel.warmup(*call_args, grid=grid, **c, **o)
                 build._init_handles()
@@ -201,95 +207,100 @@ def spill_free(kernel, call_args: list, grid, consts: dict, opts: dict, KPR: int
     return _LAUNCHED[key]
 
 
+def kernel_of(spec: CellSpec, backward: bool, pl: _plan.Plan, H: int, P: int | None,
+              known: dict):
+    """(the kernel, its constexprs, its phases) of one resident scan: what ``run`` launches
+    and ``aot.py`` compiles. ``known``: the launcher's flags (HAS_LEN, REVERSE, SAVE, RELU,
+    HAS_BHN); ``P``: the projection's size, None without."""
+    from . import resident, resident_proj  # noqa: PLC0415 - compiled on first use only
+    K = H if P is None else P
+    consts = dict(HAS_LEN=known["HAS_LEN"], REVERSE=known["REVERSE"], SYNC=pl.sync,
+                  DOT_F32=pl.dot_f32, BB=pl.BB, U=pl.BH, KC=chunk(pl, K, backward),
+                  KP=padded_k(K))
+    if P is not None:
+        UP = proj_columns(pl, P)
+        consts["UP"] = UP
+        if backward:
+            consts["RB"] = partial_rows(pl, UP)
+            return resident_proj._resident_proj_bwd_kernel, consts, ("A", "B")
+        KCR, KPR = proj_chunks(pl, H, P)
+        consts.update(SAVE=known["SAVE"], KCR=KCR, KPR=KPR)
+        return resident_proj._resident_proj_fwd_kernel, consts, ("CELL", "PROJ")
+    consts.update(CELL=_CELL_CODE[spec.name], RELU=bool(known.get("RELU", False)),
+                  G=spec.gates, G4=padded_gates(spec))
+    if backward:
+        consts["RB"] = partial_rows(pl)
+        return resident._resident_bwd_kernel, consts, ()
+    consts.update(HAS_BHN=bool(known.get("HAS_BHN", False)), SAVE=known["SAVE"])
+    return resident._resident_fwd_kernel, consts, ()
+
+
 def run(spec: CellSpec, backward: bool, bufs: dict, sizes: dict, known: dict, pl: _plan.Plan,
         check_sync) -> None:
     """Every launch of one scan (forward s = 0..T-1; backward T-1..-1), ``launch``'s buffers."""
-    if known.get("PROJ"):
-        return _run_proj(backward, bufs, sizes, known, pl, check_sync)
-    from . import resident  # noqa: PLC0415 - the kernels compile on first use only
-    T, B, H = sizes["T"], sizes["B"], sizes["H"]
+    T, B, H, P = sizes["T"], sizes["B"], sizes["H"], sizes["P"]
+    proj = bool(known.get("PROJ"))
+    kernel, consts, phases = kernel_of(spec, backward, pl, H, P if proj else None, known)
+    args = (_proj_args if proj else _plain_args)(spec, backward, bufs, T, B, H, P, pl)
+    _launch(kernel, (pl.grid_b(B), pl.nprog_h), args, list(range(T - 1, -2, -1)) if backward
+            else list(range(T)), (T, B, H, P) if proj else (T, B, H), consts,
+            pl.launch_options(), phases, pl, lambda: check_sync(pl, bufs["sync"]))
+
+
+def _plain_args(spec: CellSpec, backward: bool, bufs: dict, T, B, H, P, pl) -> list:
+    """The pointer arguments of ``resident.py``'s kernels (the carries' buffers made here)."""
     dummy = bufs["lens"]
-    consts = dict(CELL=_CELL_CODE[spec.name], RELU=bool(known.get("RELU", False)),
-                  HAS_LEN=known["HAS_LEN"], REVERSE=known["REVERSE"], SYNC=pl.sync,
-                  DOT_F32=pl.dot_f32, G=spec.gates, G4=padded_gates(spec), BB=pl.BB, U=pl.BH,
-                  KC=chunk(pl, H, backward), KP=padded_k(H))
     w = reorder(bufs["w_hh"], spec, pl.BH)
     ws = bufs.get("cs", bufs.get("hn_lin", dummy))
-    grid = (pl.grid_b(B), pl.nprog_h)
-    opts = pl.launch_options()
     if not backward:
-        consts.update(HAS_BHN=bool(known.get("HAS_BHN", False)), SAVE=known["SAVE"])
-        args = [bufs["xp"], w, bufs.get("b_hn", dummy), bufs["lens"], bufs["out"],
+        return [bufs["xp"], w, bufs.get("b_hn", dummy), bufs["lens"], bufs["out"],
                 bufs.get("gates", dummy), ws, bufs["h"], bufs.get("c", dummy), bufs["sync"]]
-        kernel, steps = resident._resident_fwd_kernel, list(range(T))
-    else:
-        acc = bufs["dg"].dtype
-        dh = bufs["grad_hn"].to(acc, copy=True)
-        dc = bufs.get("dc")
-        if dc is not None:    # the carry of c enters at half T % 2; the launcher returns half 0
-            dc[0].copy_(dc[T % 2])
-            dc = dc[0]
-        loc = torch.zeros((B, H), dtype=acc, device=dh.device) if spec.name == "gru" else dummy
-        part = torch.empty((2, pl.nprog_h, B, H), dtype=acc, device=dh.device)
-        consts["RB"] = partial_rows(pl)
-        args = [bufs["grad_out"], bufs["h0"], bufs.get("c0", dummy), w, bufs["lens"],
-                bufs["out"], bufs.get("gates", dummy), ws, bufs["dxp"], bufs["dh0"], dh,
-                dc if dc is not None else dummy, loc, part, bufs["sync"]]
-        kernel, steps = resident._resident_bwd_kernel, list(range(T - 1, -2, -1))
-    ints = (T, B, H)
-    if pl.sync == 2:      # one launch: the grid barrier separates the steps
-        call = [*args, steps[0], len(steps), *ints]
-        consts, opts = spill_free(kernel, call, grid, consts, opts)
-        kernel[grid](*call, **consts, **opts)
-        check_sync(pl, bufs["sync"])
-    else:                 # one launch per step: the launch boundary is the barrier
-        for s in steps:
-            kernel[grid](*args, s, 1, *ints, **consts, **opts)
+    acc = bufs["dg"].dtype
+    dh = bufs["grad_hn"].to(acc, copy=True)
+    dc = bufs.get("dc")
+    if dc is not None:    # the carry of c enters at half T % 2; the launcher returns half 0
+        dc[0].copy_(dc[T % 2])
+        dc = dc[0]
+    loc = torch.zeros((B, H), dtype=acc, device=dh.device) if spec.name == "gru" else dummy
+    part = torch.empty((2, pl.nprog_h, B, H), dtype=acc, device=dh.device)
+    return [bufs["grad_out"], bufs["h0"], bufs.get("c0", dummy), w, bufs["lens"], bufs["out"],
+            bufs.get("gates", dummy), ws, bufs["dxp"], bufs["dh0"], dh,
+            dc if dc is not None else dummy, loc, part, bufs["sync"]]
 
 
-def _run_proj(backward: bool, bufs: dict, sizes: dict, known: dict, pl: _plan.Plan,
-              check_sync) -> None:
-    """``run`` for the LSTM with a projection (``resident_proj.py``): two phases a step, each
-    its own launch under the interpreter."""
-    from . import resident_proj  # noqa: PLC0415 - the kernels compile on first use only
-    T, B, H, P = sizes["T"], sizes["B"], sizes["H"], sizes["P"]
-    UP = proj_columns(pl, P)
-    consts = dict(HAS_LEN=known["HAS_LEN"], REVERSE=known["REVERSE"], SYNC=pl.sync,
-                  DOT_F32=pl.dot_f32, BB=pl.BB, U=pl.BH, UP=UP, KC=chunk(pl, P, backward),
-                  KP=padded_k(P))
-    w = reorder(bufs["w_hh"], CELLS["lstm"], pl.BH)
-    wr = reorder_proj(bufs["w_hr"], pl.BH, UP, backward)
+def _proj_args(spec: CellSpec, backward: bool, bufs: dict, T, B, H, P, pl) -> list:
+    """The pointer arguments of ``resident_proj.py``'s kernels."""
+    w = reorder(bufs["w_hh"], spec, pl.BH)
+    wr = reorder_proj(bufs["w_hr"], pl.BH, proj_columns(pl, P), backward)
     if not backward:
-        KCR, KPR = proj_chunks(pl, H, P)
-        consts.update(SAVE=known["SAVE"], KCR=KCR, KPR=KPR)
         dummy = bufs["lens"]
-        args = [bufs["xp"], w, wr, bufs["lens"], bufs["out"], bufs.get("gates", dummy),
+        return [bufs["xp"], w, wr, bufs["lens"], bufs["out"], bufs.get("gates", dummy),
                 bufs.get("cs", dummy), bufs["h"], bufs["c"], bufs["hh"], bufs["sync"]]
-        kernel, steps, phases = resident_proj._resident_proj_fwd_kernel, range(T), "CELL PROJ"
-    else:
-        acc = bufs["dg"].dtype
-        dc = bufs["dc"]
-        dc[0].copy_(dc[T % 2])    # the carry of c enters at half T % 2; the launcher returns 0
-        dhc = bufs["grad_hn"].to(acc, copy=True)
-        dhs = torch.empty((B, P), dtype=acc, device=dhc.device)
-        part = torch.empty((2, pl.nprog_h, B, P), dtype=acc, device=dhc.device)
-        consts["RB"] = partial_rows(pl, UP)
-        args = [bufs["grad_out"], bufs["c0"], w, wr, bufs["lens"], bufs["gates"], bufs["cs"],
-                bufs["dxp"], bufs["dh0"], bufs["dh"], dhs, dhc, dc[0], part, bufs["sync"]]
-        kernel, steps = resident_proj._resident_proj_bwd_kernel, range(T - 1, -2, -1)
-        phases = "A B"
-    grid = (pl.grid_b(B), pl.nprog_h)
-    opts = pl.launch_options()
-    steps, phases = list(steps), phases.split()
-    if pl.sync == 2:      # one launch, two grid barriers a step
-        call = [*args, steps[0], len(steps), T, B, H, P]
-        consts, opts = spill_free(kernel, call, grid, {**consts, **{f"DO_{p}": 1 for p in phases}},
-                                  opts, None if backward else consts["KPR"])
+    acc = bufs["dg"].dtype
+    dc = bufs["dc"]
+    dc[0].copy_(dc[T % 2])        # as in _plain_args
+    dhc = bufs["grad_hn"].to(acc, copy=True)
+    dhs = torch.empty((B, P), dtype=acc, device=dhc.device)
+    part = torch.empty((2, pl.nprog_h, B, P), dtype=acc, device=dhc.device)
+    return [bufs["grad_out"], bufs["c0"], w, wr, bufs["lens"], bufs["gates"], bufs["cs"],
+            bufs["dxp"], bufs["dh0"], bufs["dh"], dhs, dhc, dc[0], part, bufs["sync"]]
+
+
+def _launch(kernel, grid, args: list, steps: list, ints: tuple, consts: dict, opts: dict,
+            phases: tuple, pl: _plan.Plan, check) -> None:
+    """The launches of one scan: on a GPU one (its spill-free build), the grid barriers
+    separating the steps and the ``phases`` (DO_<phase> constexprs) of a step, then ``check``;
+    under the interpreter one per phase of each step (the launch boundary is the barrier),
+    the s = -1 pass running the first phase only."""
+    if pl.sync == 2:
+        call = [*args, steps[0], len(steps), *ints]
+        consts, opts = spill_free(kernel, call, grid,
+                                  {**consts, **{f"DO_{p}": 1 for p in phases}}, opts)
         kernel[grid](*call, **consts, **opts)
-        check_sync(pl, bufs["sync"])
+        check()
         return
-    for s in steps:       # one launch per phase of each step: the launch boundary is the barrier
-        for k, p in enumerate(phases):
-            if s >= 0 or k == 0:      # the s = -1 pass only forms dh0
+    for s in steps:
+        for k, p in enumerate(phases or (None,)):
+            if s >= 0 or k == 0:
                 flags = {f"DO_{q}": int(q == p) for q in phases}
-                kernel[grid](*args, s, 1, T, B, H, P, **consts, **flags, **opts)
+                kernel[grid](*args, s, 1, *ints, **consts, **flags, **opts)
