@@ -28,9 +28,9 @@ from . import plan as _plan
 from .cell import (head_carry, head_gate_products, load_keep, lstm_cell_bwd, lstm_cell_fwd,
                    lstm_cell_state, zoneout, zoneout_bwd)
 from .launch import Kernels, Scratch
-from .tiles import (backward_step, forward_step, gate_products, load_tile, phase_sync, ping_pong,
-                    previous_state, program_tile, recurrent_carry, store_tile, tile_cols,
-                    tile_product)
+from .tiles import (backward_step, forward_step, gate_products, load_gates, load_tile, phase_sync,
+                    ping_pong, previous_state, program_tile, recurrent_carry, store_gates,
+                    store_tile, tile_cols, tile_product)
 
 
 @triton.jit(do_not_specialize=["s_first", "n_steps", "T"])
@@ -79,10 +79,8 @@ def _lstm_fwd_kernel(
                     acc_i, acc_f, acc_g, acc_o = gate_products(
                         h_cur, rows64 * P, rmask, w_hh_ptr, cols, cmask, H, P, G, DOT_F32,
                         BB, BH, BK)
-                g_i = acc_i + load_tile(xp_ptr, g_row, rmask, cols, cmask)
-                g_f = acc_f + load_tile(xp_ptr, g_row + H, rmask, cols, cmask)
-                g_g = acc_g + load_tile(xp_ptr, g_row + 2 * H, rmask, cols, cmask)
-                g_o = acc_o + load_tile(xp_ptr, g_row + 3 * H, rmask, cols, cmask)
+                x_i, x_f, x_g, x_o = load_gates(xp_ptr, g_row, rmask, cols, cmask, H)
+                g_i, g_f, g_g, g_o = acc_i + x_i, acc_f + x_f, acc_g + x_g, acc_o + x_o
                 c_prev = load_tile(c_cur, rows64 * H, rmask, cols, cmask)
                 w_ci, w_cf, w_co = _peepholes(w_ch_ptr, cols, cmask, H, PEEP)
                 i, f, u, o, c, hh = lstm_cell_fwd(g_i, g_f, g_g, g_o, c_prev, w_ci, w_cf, w_co,
@@ -93,10 +91,7 @@ def _lstm_fwd_kernel(
                 # into the other parity buffer.
                 store_tile(c_nxt, rows64 * H, rmask, cols, cmask, tl.where(act2, c, c_prev))
                 if SAVE:
-                    store_tile(gates_ptr, g_row, active, cols, cmask, i)
-                    store_tile(gates_ptr, g_row + H, active, cols, cmask, f)
-                    store_tile(gates_ptr, g_row + 2 * H, active, cols, cmask, u)
-                    store_tile(gates_ptr, g_row + 3 * H, active, cols, cmask, o)
+                    store_gates(gates_ptr, g_row, active, cols, cmask, H, i, f, u, o)
                     store_tile(cs_ptr, c_row, active, cols, cmask, c)
                 if PROJ:
                     # h needs every hh unit of this step: the PROJ phase, after a barrier.
@@ -146,10 +141,7 @@ def _lstm_bwd_pointwise(dhh, s, t, active, act2, rmask, rows64, cols, cmask,
     c_{t-1}; the carried dc (of the state c_t) splits into keep⊙dc for c_{t-1} and (1-keep)⊙dc
     for c̃_t."""
     g_row = (t * B + rows64) * (G * H)
-    i = load_tile(gates_ptr, g_row, active, cols, cmask)
-    f = load_tile(gates_ptr, g_row + H, active, cols, cmask)
-    u = load_tile(gates_ptr, g_row + 2 * H, active, cols, cmask)
-    o = load_tile(gates_ptr, g_row + 3 * H, active, cols, cmask)
+    i, f, u, o = load_gates(gates_ptr, g_row, active, cols, cmask, H)
     c_row = (t * B + rows64) * H
     c = load_tile(cs_ptr, c_row, active, cols, cmask)
     c_prev = previous_state(cs_ptr, c0_ptr, s, t, active, rows64, B, H, cols, cmask, REVERSE)
@@ -163,16 +155,10 @@ def _lstm_bwd_pointwise(dhh, s, t, active, act2, rmask, rows64, cols, cmask,
                                                 w_co, PEEP)
     if ZC:
         dc_prev += dc_keep
-    store_tile(dxp_ptr, g_row, rmask, cols, cmask, tl.where(act2, d_i, 0.0))
-    store_tile(dxp_ptr, g_row + H, rmask, cols, cmask, tl.where(act2, d_f, 0.0))
-    store_tile(dxp_ptr, g_row + 2 * H, rmask, cols, cmask, tl.where(act2, d_u, 0.0))
-    store_tile(dxp_ptr, g_row + 3 * H, rmask, cols, cmask, tl.where(act2, d_o, 0.0))
+    store_gates(dxp_ptr, g_row, rmask, cols, cmask, H, tl.where(act2, d_i, 0.0),
+                tl.where(act2, d_f, 0.0), tl.where(act2, d_u, 0.0), tl.where(act2, d_o, 0.0))
     # dg_s rows of inactive sequences are never used (step s-1 masks them with s < L_b).
-    dg_row = rows64 * (G * H)
-    store_tile(dg_s, dg_row, rmask, cols, cmask, d_i)
-    store_tile(dg_s, dg_row + H, rmask, cols, cmask, d_f)
-    store_tile(dg_s, dg_row + 2 * H, rmask, cols, cmask, d_u)
-    store_tile(dg_s, dg_row + 3 * H, rmask, cols, cmask, d_o)
+    store_gates(dg_s, rows64 * (G * H), rmask, cols, cmask, H, d_i, d_f, d_u, d_o)
     store_tile(dc_s, rows64 * H, rmask, cols, cmask, tl.where(act2, dc_prev, dc))
 
 

@@ -48,15 +48,14 @@ or RNNKERNELS_TRITON_STRATEGY.
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
 from . import plan as _plan
 from .cell import gru_cell_bwd, gru_cell_fwd, lstm_cell_bwd, lstm_cell_fwd, mma, rnn_cell_bwd, \
     rnn_cell_fwd
-from .tiles import (forward_step, grid_arrive, grid_wait, load_tile, ping_pong, previous_state,
-                    program_tile, step_schedule, store_tile)
+from .tiles import (forward_step, grid_arrive, grid_wait, load_gates, load_tile, ping_pong,
+                    previous_state, program_tile, step_schedule, store_gates, store_tile)
 
 # ------------------------------------------------------------------------------ gate layout
 @triton.jit
@@ -217,10 +216,7 @@ def _lstm_units_fwd(acc, x0, x1, x2, x3, c_own, act2, active, units, umask, g_ro
     i, f, u, o, c, hh = lstm_cell_fwd(x0 + a0, x1 + a1, x2 + a2, x3 + a3, c_own, 0.0, 0.0, 0.0,
                                       False)
     if SAVE:
-        store_tile(gates_ptr, g_row, active, units, umask, i)
-        store_tile(gates_ptr, g_row + H, active, units, umask, f)
-        store_tile(gates_ptr, g_row + 2 * H, active, units, umask, u)
-        store_tile(gates_ptr, g_row + 3 * H, active, units, umask, o)
+        store_gates(gates_ptr, g_row, active, units, umask, H, i, f, u, o)
         store_tile(cs_ptr, c_row, active, units, umask, c)
     return tl.where(act2, c, c_own), hh
 
@@ -230,10 +226,7 @@ def _lstm_units_bwd(dhh, dc_own, s, t, active, act2, rows64, units, umask, g_row
                     gates_ptr, cs_ptr, c0_ptr, B, H, REVERSE: tl.constexpr):
     """The LSTM cell's gradient at the own units from dhh (of hh_t) and the carried dc: the
     four gate gradients and the new carry (kept for the inactive rows)."""
-    i = load_tile(gates_ptr, g_row, active, units, umask)
-    f = load_tile(gates_ptr, g_row + H, active, units, umask)
-    u = load_tile(gates_ptr, g_row + 2 * H, active, units, umask)
-    o = load_tile(gates_ptr, g_row + 3 * H, active, units, umask)
+    i, f, u, o = load_gates(gates_ptr, g_row, active, units, umask, H)
     c = load_tile(cs_ptr, c_row, active, units, umask)
     c_prev = previous_state(cs_ptr, c0_ptr, s, t, active, rows64, B, H, units, umask, REVERSE)
     d0, d1, d2, d3, dc_prev = lstm_cell_bwd(dhh, dc_own, i, f, u, o, c, c_prev, 0.0, 0.0, 0.0,

@@ -40,7 +40,8 @@ import triton.language as tl
 from . import plan as _plan
 from .resident import (_block, _gate_product, _join_gates, _lstm_units_bwd, _lstm_units_fwd,
                        _own_slice, _split_gates, _store_partial, _sum_partials)
-from .tiles import grid_arrive, grid_wait, load_tile, ping_pong, step_schedule, store_tile
+from .tiles import (grid_arrive, grid_wait, load_gates, load_tile, ping_pong, step_schedule,
+                    store_gates, store_tile)
 
 
 @triton.jit
@@ -86,10 +87,7 @@ def _resident_proj_fwd_kernel(
         h_cur, h_nxt = ping_pong(h_ptr, (s % 2).to(tl.int64), B, P)
         if DO_CELL:
             g_row = (t * B + rows64) * (4 * H)
-            x0 = load_tile(xp_ptr, g_row, rmask, units, umask)
-            x1 = load_tile(xp_ptr, g_row + H, rmask, units, umask)
-            x2 = load_tile(xp_ptr, g_row + 2 * H, rmask, units, umask)
-            x3 = load_tile(xp_ptr, g_row + 3 * H, rmask, units, umask)
+            x0, x1, x2, x3 = load_gates(xp_ptr, g_row, rmask, units, umask, H)
             if SYNC == 2:
                 if it > 0:
                     grid_wait(counter, 2 * it * nprog, flag)
@@ -174,10 +172,9 @@ def _resident_proj_bwd_kernel(
                                                          units, umask, g_row,
                                                          (t * B + rows64) * H, gates_ptr, cs_ptr,
                                                          c0_ptr, B, H, REVERSE)
-                store_tile(dxp_ptr, g_row, rmask, units, umask, tl.where(act2, d0, 0.0))
-                store_tile(dxp_ptr, g_row + H, rmask, units, umask, tl.where(act2, d1, 0.0))
-                store_tile(dxp_ptr, g_row + 2 * H, rmask, units, umask, tl.where(act2, d2, 0.0))
-                store_tile(dxp_ptr, g_row + 3 * H, rmask, units, umask, tl.where(act2, d3, 0.0))
+                store_gates(dxp_ptr, g_row, rmask, units, umask, H, tl.where(act2, d0, 0.0),
+                            tl.where(act2, d1, 0.0), tl.where(act2, d2, 0.0),
+                            tl.where(act2, d3, 0.0))
                 dg = tl.where(act2, _join_gates(d0, d1, d2, d3, BB, U, 4), 0.0)
                 par = (s % 2).to(tl.int64)
                 _store_partial(part_ptr + (par * nprog + pid_c) * B * P, dg, w, rows64, rmask,

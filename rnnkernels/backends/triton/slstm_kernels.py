@@ -31,7 +31,7 @@ from . import plan as _plan
 from .cell import mma, slstm_cell_bwd, slstm_cell_fwd
 from .launch import Kernels
 from .tiles import (backward_step, forward_step, ping_pong, prev_time, program_tile,
-                    store_tile)
+                    store_gates, store_tile)
 
 
 @triton.jit
@@ -124,10 +124,7 @@ def _slstm_fwd_kernel(
                                                      h_ptr)
             h_new, c_new, n_new, m_new = slstm_cell_fwd(g_i, g_f, g_z, g_o, c, n, m)
             if SAVE:
-                store_tile(gates_ptr, g_row, active, cols, umask, g_i)
-                store_tile(gates_ptr, g_row + H, active, cols, umask, g_f)
-                store_tile(gates_ptr, g_row + 2 * H, active, cols, umask, g_z)
-                store_tile(gates_ptr, g_row + 3 * H, active, cols, umask, g_o)
+                store_gates(gates_ptr, g_row, active, cols, umask, H, g_i, g_f, g_z, g_o)
                 s_row = (t * B + rows64) * (3 * H)
                 store_tile(states_ptr, s_row, active, cols, umask, c_new)
                 store_tile(states_ptr, s_row + H, active, cols, umask, n_new)
@@ -216,10 +213,7 @@ def _slstm_bwd_kernel(
                 dg_f = tl.where(real, d_f, 0.0)
                 dg_z = tl.where(real, d_z, 0.0)
                 dg_o = tl.where(real, d_o, 0.0)
-                store_tile(dxp_ptr, g_row, rmask, cols, umask, dg_i)
-                store_tile(dxp_ptr, g_row + H, rmask, cols, umask, dg_f)
-                store_tile(dxp_ptr, g_row + 2 * H, rmask, cols, umask, dg_z)
-                store_tile(dxp_ptr, g_row + 3 * H, rmask, cols, umask, dg_o)
+                store_gates(dxp_ptr, g_row, rmask, cols, umask, H, dg_i, dg_f, dg_z, dg_o)
                 dc = tl.where(act2, dc_p, dc)
                 dn = tl.where(act2, dn_p, dn)
                 dm = tl.where(act2, dm_p, dm)

@@ -149,6 +149,25 @@ def phase_sync(sync_ptr, n_sync, SYNC: tl.constexpr):
 
 
 @triton.jit
+def load_gates(ptr, g_row, rmask, cols, cmask, H):
+    """The four gate blocks of a [.., 4H] row (the LSTM's and sLSTM's i, f, g/z, o), fp32:
+    ``load_tile`` at g_row + q·H, q = 0..3."""
+    return (load_tile(ptr, g_row, rmask, cols, cmask),
+            load_tile(ptr, g_row + H, rmask, cols, cmask),
+            load_tile(ptr, g_row + 2 * H, rmask, cols, cmask),
+            load_tile(ptr, g_row + 3 * H, rmask, cols, cmask))
+
+
+@triton.jit
+def store_gates(ptr, g_row, rmask, cols, cmask, H, g0, g1, g2, g3):
+    """``load_gates``' inverse: g_q at g_row + q·H."""
+    store_tile(ptr, g_row, rmask, cols, cmask, g0)
+    store_tile(ptr, g_row + H, rmask, cols, cmask, g1)
+    store_tile(ptr, g_row + 2 * H, rmask, cols, cmask, g2)
+    store_tile(ptr, g_row + 3 * H, rmask, cols, cmask, g3)
+
+
+@triton.jit
 def load_tile(ptr, row_off, rmask, cols, cmask):
     """fp32 tile ptr[row_off[r] + cols[c]] (0 where masked)."""
     offs = row_off[:, None] + cols[None, :]
@@ -238,5 +257,6 @@ def previous_state(seq_ptr, init_ptr, s, t, active, rows64, B, W, cols, cmask,
 
 _plan.interpreter_direct_calls(globals(), [
     "program_tile", "step_schedule", "forward_step", "backward_step", "ping_pong", "tile_cols",
-    "prev_time", "grid_arrive", "grid_wait", "phase_sync", "load_tile", "store_tile", "load_w", "tile_product",
+    "prev_time", "grid_arrive", "grid_wait", "phase_sync", "load_tile", "store_tile", "load_gates",
+    "store_gates", "load_w", "tile_product",
     "gate_products", "recurrent_carry", "previous_state"])
