@@ -23,6 +23,7 @@ import torch
 import rnnkernels
 from rnnkernels import slstm as RS
 from tests import test_slstm as module_cases
+from tests.helpers import assert_forward_modes_match
 from tests.triton_cases import _HALF_TOL, _REASON, DEVICE, _rel_rms, tb
 from tests.triton_cases import _tf32_off_and_poison  # noqa: F401 - autouse fixture, used here
 
@@ -253,16 +254,8 @@ def test_forward_ad_and_torch_func_run_the_reference_loop():
     ours = rnnkernels.SLSTM(3, 8, num_heads=2, backend="triton")
     ref = rnnkernels.SLSTM(3, 8, num_heads=2, backend="reference")
     ref.load_state_dict(ours.state_dict())
-    x, v = torch.randn(4, 2, 3), torch.randn(4, 2, 3)
-    _, tangent = torch.func.jvp(lambda t: ours(t)[0].sum(), (x,), (v,))
-    grad = torch.func.grad(lambda t: ours(t)[0].sum())(x)
-    want = torch.func.grad(lambda t: ref(t)[0].sum())(x)
-    torch.testing.assert_close(grad, want)
-    torch.testing.assert_close(tangent, (want * v).sum())
-    import torch.autograd.forward_ad as fwAD
-    with fwAD.dual_level():
-        out = ours(fwAD.make_dual(x, v))[0]
-        torch.testing.assert_close(fwAD.unpack_dual(out).tangent.sum(), (want * v).sum())
+    assert_forward_modes_match(ours, ref, torch.randn(4, 2, 3),
+                               lambda got, want, what: torch.testing.assert_close(got, want, msg=what))
 
 
 def test_opcheck():
